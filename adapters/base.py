@@ -1,0 +1,136 @@
+"""The adapter protocol: how the suite calls an implementation under test.
+
+An adapter converts a :class:`~conformance.case.Case` (NumPy arrays in the dtype under
+test) into its framework's arrays, calls the implementation, and converts the results back
+to NumPy arrays *in the dtype the implementation returned*, so that a wrong output dtype is
+seen. It also declares what it supports; anything it leaves out is reported as
+"not supported", never counted as passed.
+
+Adapters must not hide exceptions from invalid inputs: the error-contract checks rely on
+them propagating.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from conformance.case import Case
+
+ALL_FEATURES = frozenset({
+    "index_target", "probability_target", "weight", "ignore_index", "label_smoothing",
+    "reduction_none", "reduction_sum", "reduction_mean", "legacy_arguments", "gradient",
+    "gradient_target", "nonfinite", "empty",
+})
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an adapter supports; the defaults are full torch semantics."""
+
+    dtypes: frozenset[str] = frozenset({"float16", "bfloat16", "float32", "float64"})
+    ranks: frozenset[int] = frozenset({1, 2, 3, 4, 5})
+    features: frozenset[str] = ALL_FEATURES
+    #: Whether invalid inputs raise (False: jitted code that cannot raise on data).
+    raises_on_invalid: bool = True
+    #: Named semantic variants of the spec this implementation follows on purpose.
+    variants: frozenset[str] = frozenset()
+    #: Extra operations exposed for the decomposition checks: "log_softmax", "nll_loss".
+    extras: frozenset[str] = frozenset()
+    #: Largest number of classes worth sending (memory/time), None for no limit.
+    max_classes: int | None = None
+
+    def unsupported(self, case: Case, *, need_gradient: bool = False) -> str | None:
+        """Why this adapter cannot run ``case``, or None when it can."""
+        if case.dtype not in self.dtypes:
+            return f"dtype {case.dtype}"
+        if case.rank not in self.ranks:
+            return f"input rank {case.rank}"
+        wanted = set()
+        wanted.add("probability_target" if case.target_kind == "probability" else "index_target")
+        if case.weight is not None:
+            wanted.add("weight")
+        if case.ignore_index != -100:
+            wanted.add("ignore_index")
+        if case.label_smoothing != 0:
+            wanted.add("label_smoothing")
+        wanted.add(f"reduction_{case.reduction}" if case.reduction in ("none", "sum", "mean") else "reduction_mean")
+        if case.legacy:
+            wanted.add("legacy_arguments")
+        if need_gradient:
+            wanted.add("gradient")
+        if case.positions == 0:
+            wanted.add("empty")
+        missing = sorted(wanted - set(self.features))
+        if missing:
+            return ", ".join(missing)
+        if self.max_classes is not None and case.num_classes > self.max_classes:
+            return f"{case.num_classes} classes > {self.max_classes}"
+        return None
+
+
+class InputsMutated(AssertionError):
+    """The implementation wrote into one of its inputs."""
+
+    def __init__(self, names):
+        self.names = list(names)
+        super().__init__(f"the implementation modified its input(s): {', '.join(self.names)}")
+
+
+@dataclass
+class Result:
+    """What one call returned, as NumPy arrays in the implementation's own dtypes."""
+
+    value: np.ndarray
+    #: Gradients keyed by input name ("input", "target"), when asked for.
+    gradients: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Warnings the call emitted (the deprecated arguments must warn).
+    warnings: list[str] = field(default_factory=list)
+
+
+class Adapter:
+    """Base class of every adapter. Subclasses set the class attributes and implement
+    :meth:`call`; the optional :meth:`log_softmax` and :meth:`nll_loss` serve the
+    decomposition check."""
+
+    name: str = "unnamed"
+    framework: str = "unknown"
+    device: str = "cpu"
+    capabilities: Capabilities = Capabilities()
+
+    def unavailable(self) -> str | None:
+        """A reason this adapter cannot run here (framework missing, no GPU), or None."""
+        return None
+
+    def call(self, case: Case, *, gradient: bool = False) -> Result:
+        """Run the implementation on ``case``; with ``gradient`` also differentiate
+        (the upstream gradient is ``case.upstream``, shaped like the output, whatever the reduction; 1 when it is None)."""
+        raise NotImplementedError
+
+    def log_softmax(self, x: np.ndarray, axis: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def nll_loss(self, lp: np.ndarray, target: np.ndarray, *, weight=None, ignore_index=-100,
+                 reduction="mean") -> np.ndarray:
+        raise NotImplementedError
+
+    def info(self) -> dict[str, Any]:
+        """Versions and devices, for the report header."""
+        return {"name": self.name, "framework": self.framework, "device": self.device}
+
+    def __repr__(self) -> str:
+        return f"<adapter {self.name} ({self.framework}, {self.device})>"
+
+
+def check_unmodified(before: dict[str, np.ndarray], after: dict[str, Any]) -> None:
+    """Raise :class:`InputsMutated` when any array in ``after`` differs from ``before``."""
+    changed = []
+    for name, a in before.items():
+        b = np.asarray(after[name])
+        if a.shape != b.shape or not np.array_equal(a.view(np.uint8) if a.dtype.kind == "V" else a,
+                                                    b.view(np.uint8) if b.dtype.kind == "V" else b,
+                                                    equal_nan=a.dtype.kind == "f"):
+            changed.append(name)
+    if changed:
+        raise InputsMutated(changed)

@@ -1,0 +1,8 @@
+"""ce-conformance: a property-based conformance suite for cross-entropy loss.
+
+The package reads as a pipeline, one module per stage:
+spec (load + validate) -> formula/oracle (exact values) -> strategies (Hypothesis inputs)
+-> adapters (implementations under test) -> compare (tolerances, verdicts)
+-> checks (what is asked of every adapter) -> results (JSON, JUnit) -> report (HTML).
+"""
+__version__ = "0.1.0"

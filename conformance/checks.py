@@ -1,0 +1,407 @@
+"""Stage 5: what is asked of every adapter, one check per spec clause.
+
+Check ids come from the spec's own names (``forward.index``, ``special.all_ignored``,
+``error.label_smoothing_above_one``, ``metamorphic.class_permutation``...), never from
+formatted text, so that known-divergence and baseline files stay valid across versions.
+
+Each check has an ``example`` function: given the adapter, the context and a Hypothesis
+``draw``, it draws one case, calls the adapter and returns the verdicts (or raises
+:class:`CheckFailure` with everything a report and a reproduction need).
+"""
+from __future__ import annotations
+
+import math
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from hypothesis import assume
+from hypothesis import strategies as st
+
+from conformance.adapters.base import Adapter, InputsMutated
+from . import metamorphic as mm
+from . import strategies as strat
+from .case import Case, as_float64, np_dtype
+from .compare import Judge, Verdict
+from .oracle import Oracle
+from .spec import Spec
+
+
+class CheckFailure(AssertionError):
+    """A failed example: the verdict plus the case that produced it."""
+
+    def __init__(self, check_id: str, verdict: Verdict, case: Case, *, severity: str = "MUST",
+                 exception: str | None = None, related: Case | None = None):
+        self.check_id = check_id
+        self.verdict = verdict
+        self.case = case
+        self.severity = severity
+        self.exception = exception
+        self.related = related
+        super().__init__(f"[{check_id}] {verdict.message}")
+
+
+@dataclass
+class Context:
+    """Per-run state shared by every check of one adapter."""
+
+    spec: Spec
+    adapter: Adapter
+    profile: str = "default"
+    oracles: dict[str, Oracle] = field(default_factory=dict)
+    judges: dict[str, Judge] = field(default_factory=dict)
+    extra_specs: dict[str, Spec] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.vspec = self.spec.with_variants(self.adapter.capabilities.variants)
+        self.oracle = Oracle(self.vspec)
+        self.plain_oracle = Oracle(self.spec)
+        self.judge = Judge(self.vspec)
+
+
+@dataclass
+class Outcome:
+    """What one passing example contributes to the results (coverage, accuracy, variant use)."""
+
+    case: Case
+    verdicts: list[Verdict]
+    variant_used: str | None = None
+    note: str = ""
+
+
+@dataclass
+class Check:
+    id: str
+    kind: str
+    clause: str
+    description: str
+    example: Callable[[Context, Callable], Outcome]
+    max_examples: dict[str, int]
+    need_gradient: bool = False
+    severity: str = "MUST"
+    #: An extra operation the adapter must expose ("log_softmax", "nll_loss").
+    requires: tuple[str, ...] = ()
+    formula: str = ""
+
+
+PROFILES = {
+    # examples per check kind; "thorough" also unlocks the large-C sizes
+    "quick": {"forward": 25, "gradient": 15, "special": 4, "error": 3, "metamorphic": 5, "decomposition": 8},
+    "default": {"forward": 80, "gradient": 50, "special": 8, "error": 5, "metamorphic": 12, "decomposition": 20},
+    "thorough": {"forward": 600, "gradient": 300, "special": 40, "error": 20, "metamorphic": 80, "decomposition": 100},
+}
+
+
+# --------------------------------------------------------------------------- helpers
+def _call(ctx: Context, check_id: str, case: Case, *, gradient: bool):
+    """Call the adapter on a valid case; any exception is a failure of the check."""
+    before = {"input": case.x.copy(), "target": np.asarray(case.target).copy()}
+    if case.weight is not None:
+        before["weight"] = case.weight.copy()
+    try:
+        res = ctx.adapter.call(case, gradient=gradient)
+    except InputsMutated as exc:
+        raise CheckFailure(check_id, Verdict(False, "inputs", "inputs.unmodified", str(exc)), case) from None
+    except Exception as exc:  # noqa: BLE001 - an implementation may raise anything
+        msg = f"{type(exc).__name__}: {exc}".strip()
+        raise CheckFailure(check_id, Verdict(False, "call", "valid_input.accepted",
+                                             f"raised on a valid input: {msg[:400]}"), case,
+                           exception="".join(traceback.format_exception_only(type(exc), exc)).strip()) from None
+    after = {"input": case.x, "target": case.target}
+    if case.weight is not None:
+        after["weight"] = case.weight
+    changed = [k for k, v in before.items() if v.tobytes() != np.asarray(after[k]).tobytes()]
+    if changed:
+        raise CheckFailure(check_id, Verdict(False, "inputs", "inputs.unmodified",
+                                             f"the implementation modified its input(s): {', '.join(changed)}"), case)
+    return res
+
+
+def _variant_note(ctx: Context, case: Case, ev) -> str | None:
+    """Name of the declared variant that changed this case's expected value, if any."""
+    if not ctx.vspec.applied_variants:
+        return None
+    plain = ctx.plain_oracle.evaluate(case, gradients=False)
+    if np.array_equal(np.asarray(plain.value), np.asarray(ev.value), equal_nan=True):
+        return None
+    return ",".join(ctx.vspec.applied_variants)
+
+
+def _judge_call(ctx: Context, check_id: str, case: Case, res, *, gradient: bool) -> Outcome:
+    ev = ctx.oracle.evaluate(case, gradients=gradient)
+    dtype = case.dtype
+    verdicts = [ctx.judge.compare(res.value, ev.value, ctx.judge.value_bound(ev, dtype), dtype,
+                                  what="loss", clause=f"paths.{ev.path}.reductions.{ev.reduction}")]
+    if gradient:
+        for wrt, g in ev.gradients.items():
+            if wrt not in res.gradients:
+                if wrt == "target" and "gradient_target" not in ctx.adapter.capabilities.features:
+                    continue
+                verdicts.append(Verdict(False, f"gradient[{wrt}]", f"paths.{ev.path}.gradients.{wrt}",
+                                        f"no gradient w.r.t. {wrt} was returned"))
+                continue
+            verdicts.append(ctx.judge.compare(res.gradients[wrt], g, ctx.judge.gradient_bound(ev, wrt, dtype, case), dtype,
+                                              what=f"gradient[{wrt}]",
+                                              clause=f"paths.{ev.path}.gradients.{wrt}.reductions.{ev.reduction}",
+                                              unspecified=ev.unspecified.get(wrt)))
+    for v in verdicts:
+        if not v.ok:
+            raise CheckFailure(check_id, v, case)
+    return Outcome(case, verdicts, _variant_note(ctx, case, ev))
+
+
+def _request(ctx: Context, **kw):
+    return strat.request_for(ctx.spec, ctx.adapter.capabilities, profile=ctx.profile, **kw)
+
+
+def _draw_case(ctx: Context, draw, check_id: str, *, legacy: bool = True, **kw) -> Case:
+    req = _request(ctx, **kw)
+    if not legacy:
+        req = strat.Request(**{**req.__dict__, "allow_legacy": False})
+    if not req.dtypes or not req.ranks or not req.target_kinds or not req.reductions:
+        raise NotSupported("the adapter declares no support for what this check needs")
+    case = draw(strat.cases(ctx.spec, req), label="case")
+    why = ctx.adapter.capabilities.unsupported(case, need_gradient=kw.get("gradient", False))
+    assume(why is None)
+    return case
+
+
+@dataclass
+class _Value:
+    value: Any
+    gradients: dict = field(default_factory=dict)
+
+
+class NotSupported(Exception):
+    """The adapter's declared capabilities exclude everything this check needs."""
+
+
+# --------------------------------------------------------------------------- check kinds
+def _forward(path: str, gradient: bool):
+    def example(ctx: Context, draw) -> Outcome:
+        cid = f"{'gradient' if gradient else 'forward'}.{path}"
+        case = _draw_case(ctx, draw, cid, target_kinds=(path,), gradient=gradient)
+        res = _call(ctx, cid, case, gradient=gradient)
+        return _judge_call(ctx, cid, case, res, gradient=gradient)
+    return example
+
+
+_OUTCOME_TESTS: dict[str, Callable[[np.ndarray], bool]] = {
+    "nan": lambda a: a.size > 0 and bool(np.all(np.isnan(a))),
+    "zero": lambda a: a.size > 0 and bool(np.all(a == 0)),
+    "zeros": lambda a: bool(np.all(a == 0)),
+    "empty": lambda a: a.size == 0,
+    "finite": lambda a: bool(np.all(np.isfinite(a))),
+    "posinf": lambda a: a.size > 0 and bool(np.all(np.isposinf(a))),
+    "has_posinf": lambda a: bool(np.any(np.isposinf(a))),
+    "has_nan": lambda a: bool(np.any(np.isnan(a))),
+}
+
+
+def spec_outcome_errors(spec_case, case: Case, ev) -> list[str]:
+    """Where the oracle's result contradicts a special case's declared outcome (a spec bug)."""
+    errs = []
+    for key, outcome in spec_case.expect.items():
+        if key == "gradient":
+            g = ev.gradients.get("input")
+            if g is not None and not _OUTCOME_TESTS[outcome](np.asarray(g)):
+                errs.append(f"gradient is not {outcome}")
+        elif key == ev.reduction and not _OUTCOME_TESTS[outcome](np.asarray(ev.value)):
+            errs.append(f"{key} is not {outcome}: {ev.value!r}")
+    return errs
+
+
+def _special(sid: str):
+    def example(ctx: Context, draw) -> Outcome:
+        sc = ctx.spec.special_cases[sid]
+        cid = f"special.{sid}"
+        reds = tuple(r for r in sc.expect if r in ("none", "sum", "mean")) or None
+        gradient = "gradient" in sc.expect and "gradient" in ctx.adapter.capabilities.features
+        kinds = (sc.path,) if sc.path else None
+        case = _draw_case(ctx, draw, cid, target_kinds=kinds, reductions=reds, modifiers=sc.make, gradient=gradient)
+        res = _call(ctx, cid, case, gradient=gradient)
+        return _judge_call(ctx, cid, case, res, gradient=gradient)
+    return example
+
+
+def _error(eid: str):
+    def example(ctx: Context, draw) -> Outcome:
+        clause = ctx.spec.errors[eid]
+        cid = f"error.{eid}"
+        needs = strat.MUTATION_NEEDS.get(clause.make, {})
+        req = _request(ctx, target_kinds=needs.get("target_kinds"))
+        if needs.get("ranks"):
+            req = strat.Request(**{**req.__dict__, "ranks": tuple(r for r in req.ranks if r in needs["ranks"])})
+        if not req.ranks or not req.target_kinds:
+            raise NotSupported("no supported input shape for this mutation")
+        req = strat.Request(**{**req.__dict__, "allow_long": False, "allow_legacy": False})
+        valid = draw(strat.cases(ctx.spec, req), label="valid_case")
+        assume(ctx.adapter.capabilities.unsupported(valid) is None)
+        _doc, mutate = strat.MUTATIONS[clause.make]
+        case = mutate(valid, draw)
+        assume(case is not None)
+        try:
+            res = ctx.adapter.call(case, gradient=False)
+        except InputsMutated as exc:
+            raise CheckFailure(cid, Verdict(False, "inputs", "inputs.unmodified", str(exc)), case) from None
+        except Exception as exc:  # noqa: BLE001 - any exception satisfies the clause
+            return Outcome(case, [Verdict(True, "error", f"errors.{eid}", f"{type(exc).__name__}: {exc}"[:300])])
+        variant = next((v for v in ctx.spec.variants.values()
+                        if eid in v.replaces_errors and v.id in ctx.adapter.capabilities.variants), None)
+        value = as_float64(res.value)
+        if variant is not None:
+            if variant.expect == "nan" and np.any(np.isnan(value)):
+                return Outcome(case, [Verdict(True, "value", f"variants.{variant.id}", "NaN as the variant says")],
+                               variant_used=variant.id)
+            raise CheckFailure(cid, Verdict(False, "value", f"variants.{variant.id}",
+                                            f"accepted {case.purpose} and returned {_short(value)}; the declared variant "
+                                            f"'{variant.id}' requires NaN"), case)
+        sev = clause.severity
+        raise CheckFailure(cid, Verdict(False, "error", f"errors.{eid}",
+                                        f"accepted invalid input ({case.purpose}) and returned {_short(value)}; "
+                                        f"the spec says it {sev} be rejected"
+                                        + (f" (torch: {clause.torch})" if clause.torch else "")),
+                           case, severity=sev)
+    return example
+
+
+def _short(a) -> str:
+    a = np.asarray(a)
+    return repr(float(a)) if a.ndim == 0 else f"an array of shape {a.shape}"
+
+
+def _metamorphic(mid: str):
+    def example(ctx: Context, draw) -> Outcome:
+        rel = ctx.spec.metamorphic[mid]
+        cid = f"metamorphic.{mid}"
+        gradient = rel.relation == "gradient_rows_sum_to_zero"
+        regimes = ("ordinary", "ties", "confident")
+        case = _draw_case(ctx, draw, cid, target_kinds=rel.paths or None, reductions=rel.reductions or None,
+                          regimes=regimes, allow_long=False, gradient=gradient, legacy=False)
+        relation = rel.relation_for(case.reduction)
+        assume(relation is not None)
+        if gradient:
+            return _rows_sum_to_zero(ctx, cid, case)
+        _doc, transform = mm.TRANSFORMS[rel.transform]
+        out = transform(case, draw)
+        assume(out is not None)
+        case2, mapping = out
+        assume(ctx.adapter.capabilities.unsupported(case2) is None)
+        # Both calls are first judged against the oracle like any forward call, so that a
+        # wrong value is reported as what it is; the relation then binds the two together.
+        r1 = _call(ctx, cid, case, gradient=False)
+        _judge_call(ctx, cid, case, r1, gradient=False)
+        if rel.transform == "nll_loss_of_log_softmax":
+            v2 = _decomposed(ctx, cid, case)
+        else:
+            v2 = _call(ctx, cid, case2, gradient=False).value
+            _judge_call(ctx, cid, case2, _Value(v2), gradient=False)
+        ev1 = ctx.oracle.evaluate(case, gradients=False)
+        ev2 = ctx.oracle.evaluate(case2, gradients=False)
+        dtype = case.dtype
+        e1 = mapping(np.asarray(ev1.value, dtype=np.float64))
+        bound = (mapping(ctx.judge.value_bound(ev1, dtype)) + ctx.judge.value_bound(ev2, dtype)
+                 + np.nan_to_num(np.abs(ev2.value - e1), nan=0.0, posinf=0.0)
+                 + ctx.judge.tol.dtypes[dtype].u * np.abs(np.nan_to_num(e1, nan=0.0, posinf=0.0, neginf=0.0)))
+        a1 = mapping(as_float64(r1.value)) if np.ndim(r1.value) else as_float64(r1.value)
+        v = ctx.judge.compare(v2, a1, bound, dtype, what=f"loss after {case2.purpose}", clause=f"metamorphic.{mid}",
+                              expected_dtype=dtype)
+        if not v.ok:
+            v.message = f"{rel.description or mid}: {v.message} (first call's value is the expectation)"
+            raise CheckFailure(cid, v, case2, related=case)
+        return Outcome(case, [v])
+    return example
+
+
+def _decomposed(ctx: Context, cid: str, case: Case):
+    try:
+        lp = ctx.adapter.log_softmax(case.x, case.class_axis)
+        return ctx.adapter.nll_loss(lp, case.target, weight=case.weight, ignore_index=case.ignore_index,
+                                    reduction=case.reduction)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckFailure(cid, Verdict(False, "call", "valid_input.accepted",
+                                        f"log_softmax/nll_loss raised on a valid input: {type(exc).__name__}: {exc}"[:400]),
+                           case) from None
+
+
+def _rows_sum_to_zero(ctx: Context, cid: str, case: Case) -> Outcome:
+    res = _call(ctx, cid, case, gradient=True)
+    ev = ctx.oracle.evaluate(case, gradients=True)
+    g = res.gradients.get("input")
+    if g is None:
+        raise CheckFailure(cid, Verdict(False, "gradient[input]", "paths.gradients.input", "no gradient returned"), case)
+    ax = case.class_axis
+    s = np.sum(as_float64(g), axis=ax)
+    bound = np.sum(np.abs(ctx.judge.gradient_bound(ev, "input", case.dtype, case)), axis=ax) + np.sum(np.abs(as_float64(g)), axis=ax) * ctx.judge.tol.dtypes[case.dtype].u * 2
+    v = ctx.judge.compare(s.astype(np.float64).astype(np_dtype(case.dtype)), np.zeros_like(s), bound, case.dtype,
+                          what="sum of each gradient row", clause=f"metamorphic.{cid.split('.', 1)[1]}")
+    if not v.ok:
+        raise CheckFailure(cid, v, case)
+    return Outcome(case, [v])
+
+
+def _decomposition(op: str):
+    def example(ctx: Context, draw) -> Outcome:
+        cid = f"decomposition.{op}"
+        spec = ctx.extra_specs[op]
+        case = _draw_case(ctx, draw, cid, target_kinds=("index",), regimes=("ordinary", "large_magnitude", "ties", "confident"),
+                          allow_long=False)
+        case = case.copy(label_smoothing=0.0, legacy=None, reduction=case.reduction)
+        oracle, judge = Oracle(spec), Judge(spec)
+        try:
+            if op == "log_softmax":
+                actual = ctx.adapter.log_softmax(case.x, case.class_axis)
+                c2 = case
+            else:
+                lp = as_float64(ctx.oracle.evaluate(case, gradients=False).env["lp"])
+                lpq = case.from_canonical(lp, "elementwise").astype(case.x.dtype)
+                c2 = case.copy(x=lpq, purpose="log-probabilities")
+                actual = ctx.adapter.nll_loss(lpq, case.target, weight=case.weight, ignore_index=case.ignore_index,
+                                              reduction=case.reduction)
+        except Exception as exc:  # noqa: BLE001
+            raise CheckFailure(cid, Verdict(False, "call", "valid_input.accepted",
+                                            f"{op} raised on a valid input: {type(exc).__name__}: {exc}"[:400]), case) from None
+        ev = oracle.evaluate(c2, gradients=False, reduction=None if op == "nll_loss" else "none")
+        v = judge.compare(actual, ev.value, judge.value_bound(ev, case.dtype), case.dtype, what=op,
+                          clause=f"{op}.paths.{ev.path}.reductions.{ev.reduction}")
+        if not v.ok:
+            raise CheckFailure(cid, v, c2)
+        return Outcome(c2, [v])
+    return example
+
+
+# --------------------------------------------------------------------------- catalogue
+def catalogue(spec: Spec) -> list[Check]:
+    """Every check the spec implies, in a stable order."""
+    P = PROFILES
+    out: list[Check] = []
+    for path in spec.paths:
+        f = spec.paths[path]
+        out.append(Check(f"forward.{path}", "forward", f"paths.{path}",
+                         f"loss value, dtype and shape on {path} targets for every option set", _forward(path, False),
+                         {k: v["forward"] for k, v in P.items()},
+                         formula="\n".join(f"{k} = {b.source}" for k, b in f.bindings.items())))
+        if f.gradients:
+            out.append(Check(f"gradient.{path}", "gradient", f"paths.{path}.gradients",
+                             f"gradients w.r.t. {', '.join(f.gradients)} on {path} targets", _forward(path, True),
+                             {k: v["gradient"] for k, v in P.items()}, need_gradient=True,
+                             formula="\n".join(f"{k} = {b.source}" for g in f.gradients.values() for k, b in g.bindings.items())))
+    for sid, sc in spec.special_cases.items():
+        out.append(Check(f"special.{sid}", "special", f"special_cases.{sid}",
+                         (sc.note or "") + f" (make: {', '.join(sc.make)}; expect: {sc.expect})", _special(sid),
+                         {k: v["special"] for k, v in P.items()}))
+    for eid, clause in spec.errors.items():
+        out.append(Check(f"error.{eid}", "error", f"errors.{eid}",
+                         f"{strat.MUTATIONS[clause.make][0]} {clause.severity} be rejected", _error(eid),
+                         {k: v["error"] for k, v in P.items()}, severity=clause.severity))
+    for mid, rel in spec.metamorphic.items():
+        out.append(Check(f"metamorphic.{mid}", "metamorphic", f"metamorphic.{mid}", rel.description or mid,
+                         _metamorphic(mid), {k: v["metamorphic"] for k, v in P.items()},
+                         need_gradient=rel.relation == "gradient_rows_sum_to_zero", requires=rel.requires))
+    if spec.operation == "cross_entropy":
+        for op in ("log_softmax", "nll_loss"):
+            out.append(Check(f"decomposition.{op}", "decomposition", f"{op}.yaml",
+                             f"the adapter's {op} against specs/{op}.yaml", _decomposition(op),
+                             {k: v["decomposition"] for k, v in P.items()}, requires=(op,)))
+    return out

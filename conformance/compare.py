@@ -1,0 +1,192 @@
+"""Stage 4: judge an implementation's output against the oracle's exact value.
+
+The allowed error comes from the spec's ``tolerances`` section: per-position error scales
+(formulas) times the dtype's unit roundoff and multipliers, pushed through the same
+reduction formula as the value itself, so that a tiny loss from a confident row and a large
+mean are both judged fairly. Where the exact value overflows the output dtype, inf is the
+right answer. Every verdict carries the error in ULPs of the output dtype and the bound.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from .case import Case, as_float64, dtype_name, np_dtype
+from .oracle import Evaluation
+from .spec import Spec
+
+#: (mantissa bits, smallest normal exponent) per dtype, for ULP arithmetic.
+_FORMAT = {"float16": (10, -14), "bfloat16": (7, -126), "float32": (23, -126), "float64": (52, -1022)}
+
+
+def max_finite(dtype: str) -> float:
+    return float(ml_dtypes.finfo(np_dtype(dtype)).max)
+
+
+def ulp(value: np.ndarray, dtype: str) -> np.ndarray:
+    """Spacing of ``dtype`` at |value| (the subnormal spacing below the normal range)."""
+    mant, emin = _FORMAT[dtype]
+    v = np.abs(np.asarray(value, dtype=np.float64))
+    with np.errstate(all="ignore"):
+        e = np.floor(np.log2(np.where(v > 0, v, 1.0)))
+    e = np.maximum(np.where(np.isfinite(e), e, emin), emin)
+    return np.ldexp(1.0, (e - mant).astype(np.int64))
+
+
+@dataclass
+class Verdict:
+    """The judgement of one compared array."""
+
+    ok: bool
+    what: str                      # "value", "gradient[input]", ...
+    clause: str                    # spec clause the comparison enforces
+    message: str = ""
+    expected: Any = None
+    actual: Any = None
+    max_error_ulps: float = 0.0
+    bound_ulps: float = 0.0
+    worst_index: tuple | None = None
+    #: error/bound per compared element (a sample), for the accuracy plots.
+    ratios: list[float] = field(default_factory=list)
+    ulps: list[float] = field(default_factory=list)
+
+
+def _scalar(a) -> Any:
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 0:
+        v = float(a)
+        return v if math.isfinite(v) else repr(v)
+    return None
+
+
+class Judge:
+    """Tolerance rules of one spec, applied to oracle evaluations."""
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.tol = spec.tolerances
+
+    # ------------------------------------------------------------------ bounds
+    def value_bound(self, ev: Evaluation, dtype: str) -> np.ndarray:
+        t = self.tol.dtypes[dtype]
+        env = ev.env
+        path = self.spec.paths[ev.path]
+        formula = path.reductions[ev.reduction]
+        with np.errstate(all="ignore"):
+            scale = np.asarray(self.tol.scale.evaluate(env), dtype=np.float64)
+            scale = np.where(np.isfinite(scale), scale, 0.0)
+            bound = np.abs(np.asarray(formula.evaluate(dict(env, l=scale)), dtype=np.float64)) * t.k_forward * t.u
+            if ev.reduction != "none" and ev.path != "elementwise":
+                l_abs = np.abs(np.where(np.isfinite(env["l"]), env["l"], 0.0))
+                red = np.abs(np.asarray(formula.evaluate(dict(env, l=l_abs)), dtype=np.float64))
+                bound = bound + t.k_reduce * t.u * math.log2(float(env["P"]) + 1) * red
+        bound = np.where(np.isfinite(bound), bound, 0.0)
+        return self._shape_like(bound, ev.value, ev)
+
+    def gradient_bound(self, ev: Evaluation, wrt: str, dtype: str, case: Case) -> np.ndarray:
+        t = self.tol.dtypes[dtype]
+        genv = ev.gradient_envs[wrt]
+        grad = self.spec.paths[ev.path].gradients[wrt]
+        rule = self.tol.gscale_target if (wrt == "target" and self.tol.gscale_target is not None) else self.tol.gscale
+        with np.errstate(all="ignore"):
+            gs = np.asarray(rule.evaluate(genv), dtype=np.float64)
+            gs = np.where(np.isfinite(gs), gs, 0.0)
+            shape = genv["x"].shape
+            gs = np.broadcast_to(gs, shape)
+            env = dict(genv, dl=gs, g=np.abs(genv["g"]))
+            b = np.abs(np.asarray(grad.reductions[ev.reduction].evaluate(env), dtype=np.float64)) * t.k_gradient * t.u
+        b = np.where(np.isfinite(b), b, 0.0)
+        return case.from_canonical(np.broadcast_to(b, shape), "elementwise")
+
+    @staticmethod
+    def _shape_like(bound, value, ev):
+        if np.asarray(value).ndim == 0:
+            return np.asarray(bound, dtype=np.float64).reshape(())
+        return np.asarray(bound, dtype=np.float64).reshape(np.asarray(value).shape) if np.size(bound) == np.size(value) \
+            else np.broadcast_to(bound, np.asarray(value).shape)
+
+    # ------------------------------------------------------------------ comparison
+    def compare(self, actual, expected: np.ndarray, bound: np.ndarray, dtype: str, *, what: str, clause: str,
+                unspecified: np.ndarray | None = None, expected_dtype: str | None = None) -> Verdict:
+        """Elementwise comparison with NaN/inf/overflow rules; dtype and shape first."""
+        expected = np.asarray(expected, dtype=np.float64)
+        actual_arr = np.asarray(actual)
+        want_dtype = expected_dtype or dtype
+        if actual_arr.dtype.kind not in "fV" or dtype_name(actual_arr.dtype) != want_dtype:
+            return Verdict(False, what, clause + ".dtype",
+                           f"{what}.dtype={dtype_name(actual_arr.dtype) if actual_arr.dtype.kind in 'fV' else actual_arr.dtype}, "
+                           f"but should be {want_dtype}", expected=want_dtype, actual=str(actual_arr.dtype))
+        if tuple(actual_arr.shape) != tuple(expected.shape):
+            return Verdict(False, what, clause + ".shape",
+                           f"{what}.shape={tuple(actual_arr.shape)}, but should be {tuple(expected.shape)}",
+                           expected=list(expected.shape), actual=list(actual_arr.shape))
+        a = as_float64(actual_arr)
+        e = expected
+        b = np.broadcast_to(np.asarray(bound, dtype=np.float64), e.shape)
+        u = self.tol.dtypes[dtype].u
+        big = max_finite(dtype)
+        tiny = float(ml_dtypes.finfo(np_dtype(dtype)).smallest_normal)
+        with np.errstate(all="ignore"):
+            # Results below the normal range may be flushed to zero (XLA on CPU, most GPU
+            # kernels): the smallest normal number is always within reach.
+            allowed = b + u * np.abs(e) + ulp(e, dtype) * 0.5 + tiny
+            diff = np.abs(a - e)
+            finite_e = np.isfinite(e)
+            # A finite exact value whose neighbourhood reaches past the largest finite
+            # number may come back as inf of the same sign.
+            may_overflow = finite_e & (np.abs(e) + allowed > big)
+            ok_finite = finite_e & np.isfinite(a) & (diff <= allowed)
+            ok_overflow = may_overflow & np.isinf(a) & (np.sign(a) == np.sign(e))
+            ok_nan = np.isnan(e) & np.isnan(a)
+            ok_inf = np.isinf(e) & (a == e)
+            # inf exact that rounds down to the largest finite is never produced: inf only.
+            ok = ok_finite | ok_overflow | ok_nan | ok_inf
+            if unspecified is not None:
+                ok = ok | np.broadcast_to(unspecified, e.shape)
+            ulps_each = np.where(finite_e & np.isfinite(a), diff / ulp(e, dtype), np.where(ok, 0.0, np.inf))
+            bound_ulps = allowed / ulp(e, dtype)
+        v = Verdict(bool(np.all(ok)), what, clause)
+        finite_both = finite_e & np.isfinite(a)
+        if np.any(finite_both):
+            ratios = (diff / np.maximum(allowed, np.finfo(np.float64).tiny))[finite_both]
+            v.ratios = _sample(ratios)
+            v.ulps = _sample(ulps_each[finite_both])
+        if e.size:
+            if v.ok:
+                idx = np.unravel_index(int(np.argmax(np.where(finite_both, ulps_each, -1.0))), e.shape) if np.any(finite_both) else None
+            else:
+                idx = tuple(int(i) for i in np.argwhere(~ok)[0])
+            if idx is not None:
+                v.worst_index = tuple(int(i) for i in idx)
+                v.max_error_ulps = float(ulps_each[idx]) if np.isfinite(ulps_each[idx]) else math.inf
+                v.bound_ulps = float(bound_ulps[idx])
+                v.expected = _scalar(e[idx])
+                v.actual = _scalar(a[idx])
+        if not v.ok:
+            idx = v.worst_index
+            ev_, av_ = e[idx], a[idx]
+            n_bad = int(np.count_nonzero(~ok))
+            where = f" at index {list(idx)}" if e.ndim else ""
+            if np.isnan(ev_) or np.isinf(ev_):
+                v.message = f"{what}{where} = {av_!r}, but the spec says {ev_!r} ({n_bad} of {e.size} elements wrong)"
+            elif not np.isfinite(av_):
+                v.message = (f"{what}{where} = {av_!r}, but the exact value {ev_!r} is finite in {dtype} "
+                             f"({n_bad} of {e.size} elements wrong)")
+            else:
+                v.message = (f"{what}{where} = {av_!r}, expected {ev_!r}: error {v.max_error_ulps:.3g} ulp "
+                             f"> bound {v.bound_ulps:.3g} ulp of {dtype} ({n_bad} of {e.size} elements wrong)")
+        return v
+
+
+def _sample(a: np.ndarray, k: int = 64) -> list[float]:
+    a = np.asarray(a, dtype=np.float64).ravel()
+    if a.size > k:
+        # keep the largest few and a spread of the rest, so plots show the tail
+        top = np.sort(a)[-8:]
+        rest = a[np.linspace(0, a.size - 1, k - 8).astype(int)]
+        a = np.concatenate([rest, top])
+    return [float(x) for x in a]

@@ -1,0 +1,321 @@
+"""The spec formula language: parsing, static checking and float64 evaluation.
+
+A formula is a Python *expression* (parsed with ``ast`` in eval mode) restricted to a
+whitelist of node types and functions, so that the YAML states what a loss is without any
+Python being executed: no ``eval``, no attribute access, no subscripts, no lambdas.
+
+Arrays follow the canonical layout of the specs: per-position quantities are ``(P, 1)``,
+per-class ``(C,)`` and per-position-per-class ``(P, C)``; ordinary NumPy broadcasting does
+the rest. ``sum(e)`` without an axis sums everything exactly rounded (``math.fsum``), which
+is what keeps the oracle's own error far below any dtype under test.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+#: The class axis of the canonical layout, written ``axis=classes`` in formulas.
+CLASSES = "classes"
+
+
+class FormulaError(ValueError):
+    """A formula that is not in the language; ``where`` says which spec entry holds it."""
+
+    def __init__(self, message: str, *, source: str = "", where: str = "", col: int | None = None):
+        self.message = message
+        self.source = source
+        self.where = where
+        self.col = col
+        pointer = ""
+        if source and col is not None:
+            pointer = f"\n    {source}\n    {' ' * col}^"
+        super().__init__(f"{where + ': ' if where else ''}{message}{pointer}")
+
+
+# --------------------------------------------------------------------------- functions
+def _axis(axis: Any) -> int | None:
+    if axis is None:
+        return None
+    if axis == CLASSES:
+        return -1
+    raise FormulaError(f"axis must be 'classes' or omitted, got {axis!r}")
+
+
+def _exact_sum(a: np.ndarray) -> float:
+    """Sum of every element, correctly rounded where the terms are finite."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    if a.size == 0:
+        return 0.0
+    if not np.all(np.isfinite(a)):
+        return float(np.sum(a))
+    return math.fsum(a.tolist())
+
+
+def _sum(e, axis=None):
+    ax = _axis(axis)
+    if ax is None:
+        return np.float64(_exact_sum(e))
+    # Pairwise summation along the class axis: the terms summed there (exp, w*q*lp) share
+    # a sign, so the relative error stays below log2(C) * 2**-53.
+    return np.sum(np.asarray(e, dtype=np.float64), axis=ax, keepdims=True)
+
+
+def _reduce(fn: Callable) -> Callable:
+    def reduce(e, axis=None):
+        ax = _axis(axis)
+        e = np.asarray(e)
+        if ax is None:
+            return fn(e) if e.size else fn(np.zeros(1, dtype=e.dtype))
+        if e.shape[ax] == 0:
+            return fn(np.zeros(e.shape[:-1] + (1,), dtype=e.dtype), axis=ax, keepdims=True)
+        return fn(e, axis=ax, keepdims=True)
+
+    return reduce
+
+
+def _shifted_lse(x):
+    """(m, z, log(sum(exp(z)))) with m the row maximum and z = x - m, accurate also for a tiny loss.
+
+    Subtracting the row maximum keeps huge logits exact; a row whose maximum is not finite
+    gives NaN exactly as the literal formula does (inf - inf). The maximal term exp(0) = 1
+    is taken out and log1p used, so that a confident row's log-probability keeps its
+    relative accuracy instead of an absolute 2**-53.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.shape[-1] == 0:
+        zero = np.zeros(x.shape[:-1] + (1,))
+        return zero, x, zero
+    m = np.max(x, axis=-1, keepdims=True)
+    z = x - m
+    e = np.exp(z)
+    idx = np.argmax(z == 0, axis=-1)[..., None]
+    hit = np.take_along_axis(z, idx, axis=-1) == 0   # False for rows with no finite maximum
+    np.put_along_axis(e, idx, np.where(hit, 0.0, np.take_along_axis(e, idx, axis=-1)), axis=-1)
+    s = np.sum(e, axis=-1, keepdims=True)
+    return m, z, np.where(hit, np.log1p(s), np.log(s))
+
+
+def _logsumexp(x, axis=CLASSES):
+    _axis(axis)
+    m, _, lse = _shifted_lse(x)
+    return m + lse
+
+
+def _log_softmax(x, axis=CLASSES):
+    _axis(axis)
+    _, z, lse = _shifted_lse(x)
+    return z - lse
+
+
+def _softmax(x, axis=CLASSES):
+    ax = _axis(axis)
+    x = np.asarray(x, dtype=np.float64)
+    m = np.max(x, axis=ax, keepdims=True) if x.shape[ax] else np.zeros(x.shape[:-1] + (1,))
+    e = np.exp(x - m)
+    return e / np.sum(e, axis=ax, keepdims=True)
+
+
+def _take(v, idx):
+    """``v[idx]`` for a per-class vector ``v`` and integer per-position indices."""
+    v = np.asarray(v)
+    idx = np.asarray(idx).astype(np.int64)
+    if v.size == 0:
+        return np.zeros(idx.shape)
+    return v[np.clip(idx, 0, v.shape[-1] - 1)]
+
+
+def _take_along(a, idx, axis=CLASSES):
+    _axis(axis)
+    a = np.asarray(a)
+    idx = np.asarray(idx).astype(np.int64)
+    if a.shape[-1] == 0:
+        return np.zeros(idx.shape)
+    return np.take_along_axis(a, np.clip(idx, 0, a.shape[-1] - 1), axis=-1)
+
+
+def _one_hot(idx, n):
+    idx = np.asarray(idx).astype(np.int64)
+    return (idx == np.arange(int(n))).astype(np.float64)
+
+
+def _where(c, a, b):
+    return np.where(np.asarray(c, dtype=bool), a, b)
+
+
+def _count(mask):
+    return np.float64(np.count_nonzero(np.asarray(mask, dtype=bool)))
+
+
+FUNCTIONS: Mapping[str, Callable] = {
+    "where": _where,
+    "sum": _sum,
+    "count": _count,
+    "max": _reduce(np.max),
+    "min": _reduce(np.min),
+    "any": _reduce(np.any),
+    "all": _reduce(np.all),
+    "log": np.log,
+    "log2": np.log2,
+    "exp": np.exp,
+    "sqrt": np.sqrt,
+    "abs": np.abs,
+    "isfinite": np.isfinite,
+    "isnan": np.isnan,
+    "log_softmax": _log_softmax,
+    "softmax": _softmax,
+    "logsumexp": _logsumexp,
+    "take": _take,
+    "take_along": _take_along,
+    "one_hot": _one_hot,
+}
+
+#: Functions whose ``axis`` keyword is allowed.
+_AXIS_FUNCTIONS = {"sum", "max", "min", "any", "all", "log_softmax", "softmax", "logsumexp", "take_along"}
+
+CONSTANTS: Mapping[str, Any] = {"classes": CLASSES, "inf": np.inf, "nan": np.nan, "pi": np.pi}
+
+_BINOPS = {
+    ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.divide,
+    ast.Pow: np.power, ast.BitAnd: np.logical_and, ast.BitOr: np.logical_or,
+}
+_CMPOPS = {
+    ast.Eq: np.equal, ast.NotEq: np.not_equal, ast.Lt: np.less, ast.LtE: np.less_equal,
+    ast.Gt: np.greater, ast.GtE: np.greater_equal,
+}
+_UNARY = {ast.USub: np.negative, ast.UAdd: np.positive, ast.Invert: np.logical_not, ast.Not: np.logical_not}
+
+
+# --------------------------------------------------------------------------- parsing
+@dataclass(frozen=True)
+class Formula:
+    """A parsed, checked formula; ``names`` are the variables it reads."""
+
+    source: str
+    tree: ast.Expression
+    names: frozenset[str]
+    where: str = ""
+
+    def evaluate(self, env: Mapping[str, Any]) -> Any:
+        with np.errstate(all="ignore"):
+            return _Evaluator(env, self).visit(self.tree.body)
+
+
+def parse(source: str, *, known: set[str] | frozenset[str], where: str = "") -> Formula:
+    """Parse ``source`` and check it against the language; ``known`` are the names in scope."""
+    if not isinstance(source, str):
+        raise FormulaError(f"a formula must be a string, got {type(source).__name__}", where=where)
+    try:
+        tree = ast.parse(source.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise FormulaError(f"not a valid expression: {exc.msg}", source=source.strip(), where=where,
+                           col=(exc.offset or 1) - 1) from None
+    names: set[str] = set()
+    _check(tree.body, source.strip(), where, set(known), names)
+    return Formula(source.strip(), tree, frozenset(names), where)
+
+
+def _suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, sorted(options), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _check(node: ast.AST, src: str, where: str, known: set[str], names: set[str]) -> None:
+    def fail(msg: str, n: ast.AST = node):
+        raise FormulaError(msg, source=src, where=where, col=getattr(n, "col_offset", None))
+
+    if isinstance(node, ast.Constant):
+        if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+            fail(f"only numbers are allowed as constants, got {node.value!r}")
+        return
+    if isinstance(node, ast.Name):
+        if node.id in CONSTANTS:
+            return
+        if node.id in FUNCTIONS:
+            fail(f"'{node.id}' is a function; call it as {node.id}(...)")
+        if node.id not in known:
+            fail(f"unknown name '{node.id}'{_suggest(node.id, known | set(CONSTANTS))}")
+        names.add(node.id)
+        return
+    if isinstance(node, ast.BinOp):
+        if type(node.op) not in _BINOPS:
+            fail(f"operator {type(node.op).__name__} is not in the formula language")
+        _check(node.left, src, where, known, names)
+        _check(node.right, src, where, known, names)
+        return
+    if isinstance(node, ast.UnaryOp):
+        if type(node.op) not in _UNARY:
+            fail(f"operator {type(node.op).__name__} is not in the formula language")
+        _check(node.operand, src, where, known, names)
+        return
+    if isinstance(node, ast.Compare):
+        for op in node.ops:
+            if type(op) not in _CMPOPS:
+                fail(f"comparison {type(op).__name__} is not in the formula language")
+        _check(node.left, src, where, known, names)
+        for c in node.comparators:
+            _check(c, src, where, known, names)
+        return
+    if isinstance(node, ast.Call):
+        if not isinstance(node.func, ast.Name):
+            fail("only plain function calls such as sum(...) are allowed")
+        fname = node.func.id
+        if fname not in FUNCTIONS:
+            fail(f"unknown function '{fname}'{_suggest(fname, FUNCTIONS)}; "
+                 f"the language has: {', '.join(sorted(FUNCTIONS))}")
+        for kw in node.keywords:
+            if kw.arg != "axis" or fname not in _AXIS_FUNCTIONS:
+                fail(f"{fname}() takes no keyword '{kw.arg}'", kw.value)
+            if not (isinstance(kw.value, ast.Name) and kw.value.id == CLASSES):
+                fail(f"{fname}(axis=...) must be axis=classes", kw.value)
+        for a in node.args:
+            if isinstance(a, ast.Starred):
+                fail("*args are not allowed")
+            _check(a, src, where, known, names)
+        return
+    fail(f"{type(node).__name__} is not allowed in a formula (allowed: numbers, names, "
+         "arithmetic, comparisons, &, |, ~ and calls of the language's functions)")
+
+
+class _Evaluator(ast.NodeVisitor):
+    def __init__(self, env: Mapping[str, Any], formula: Formula):
+        self.env = env
+        self.formula = formula
+
+    def visit_Constant(self, node):
+        return np.float64(node.value)
+
+    def visit_Name(self, node):
+        if node.id in CONSTANTS:
+            return CONSTANTS[node.id]
+        try:
+            return self.env[node.id]
+        except KeyError:
+            raise FormulaError(f"'{node.id}' has no value here", source=self.formula.source,
+                               where=self.formula.where, col=node.col_offset) from None
+
+    def visit_BinOp(self, node):
+        return _BINOPS[type(node.op)](self.visit(node.left), self.visit(node.right))
+
+    def visit_UnaryOp(self, node):
+        return _UNARY[type(node.op)](self.visit(node.operand))
+
+    def visit_Compare(self, node):
+        left = self.visit(node.left)
+        out = None
+        for op, comp in zip(node.ops, node.comparators):
+            right = self.visit(comp)
+            r = _CMPOPS[type(op)](left, right)
+            out = r if out is None else np.logical_and(out, r)
+            left = right
+        return out
+
+    def visit_Call(self, node):
+        fn = FUNCTIONS[node.func.id]
+        args = [self.visit(a) for a in node.args]
+        kwargs = {kw.arg: self.visit(kw.value) for kw in node.keywords}
+        return fn(*args, **kwargs)

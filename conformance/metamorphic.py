@@ -1,0 +1,124 @@
+"""Transforms for the spec's metamorphic relations (``metamorphic.*.transform``).
+
+Relations compare forward values only, so transformed cases carry no upstream gradient.
+
+A transform takes a case and a Hypothesis ``draw`` and returns a second case plus a function
+that maps the first call's output onto what the second call must return (identity for
+"equal", a permutation for "permuted"), or None when the relation does not apply to that
+case. The relation itself and its scope live in the spec.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from hypothesis import strategies as st
+
+from .case import Case, as_float64, np_dtype
+
+
+def _same(a):
+    return a
+
+
+def _identity(case: Case, draw):
+    return case, _same
+
+
+def _shift(case: Case, draw):
+    # Powers of two keep the shift exact for every logit of moderate size.
+    shifts = draw(st.lists(st.sampled_from([-4.0, -1.0, 2.0, 8.0]), min_size=1, max_size=1), label="shift")[0]
+    x = as_float64(case.x) + shifts
+    xq = x.astype(case.x.dtype)
+    if not np.array_equal(as_float64(xq), x, equal_nan=True):
+        return None  # the shift would round; the relation is then not exact
+    return case.copy(x=xq, purpose=f"logits + {shifts}"), _same
+
+
+def _batch_perm(case: Case, draw):
+    if case.rank < 2 or case.x.shape[0] < 2:
+        return None
+    n = case.x.shape[0]
+    perm = np.array(draw(st.permutations(list(range(n))), label="batch_permutation"))
+    new = case.copy(x=case.x[perm], target=np.asarray(case.target)[perm], upstream=None,
+                    purpose=f"batch permuted by {perm.tolist()}")
+    return new, lambda out: np.asarray(out)[perm] if np.ndim(out) else out
+
+
+def _duplicate(case: Case, draw):
+    if case.rank < 2:
+        return None
+    cat = lambda a: np.concatenate([a, a], axis=0)  # noqa: E731
+    return case.copy(x=cat(case.x), target=cat(np.asarray(case.target)), upstream=None,
+                     purpose="batch duplicated"), _same
+
+
+def _class_perm(case: Case, draw):
+    C = case.num_classes
+    if C < 2:
+        return None
+    perm = np.array(draw(st.permutations(list(range(C))), label="class_permutation"))
+    inv = np.argsort(perm)
+    ax = case.class_axis
+    x = np.take(case.x, perm, axis=ax)
+    w = None if case.weight is None else case.weight[perm]
+    ii = case.ignore_index
+    if case.target_kind == "index":
+        t = np.asarray(case.target).copy()
+        inside = (t >= 0) & (t < C)
+        t[inside] = inv[t[inside]]
+        if 0 <= ii < C:
+            ii = int(inv[ii])
+    else:
+        t = np.take(case.target, perm, axis=ax)
+    return case.copy(x=x, target=t, weight=w, ignore_index=ii, purpose=f"classes permuted by {perm.tolist()}"), _same
+
+
+def _scale_weights(case: Case, draw):
+    if case.weight is None:
+        return None
+    k = draw(st.sampled_from([0.25, 2.0, 4.0]), label="weight_scale")
+    w = (as_float64(case.weight) * k).astype(case.weight.dtype)
+    return case.copy(weight=w, purpose=f"weight * {k}"), _same
+
+
+def _remove_ignored(case: Case, draw):
+    if case.rank != 2 or case.target_kind != "index":
+        return None
+    t = np.asarray(case.target)
+    keep = t != case.ignore_index
+    if keep.all() or not keep.any():
+        return None
+    return case.copy(x=case.x[keep], target=t[keep], upstream=None, purpose="ignored positions removed"), _same
+
+
+def _one_hot(case: Case, draw):
+    if case.target_kind != "index":
+        return None
+    t = np.asarray(case.target).reshape(-1)
+    C = case.num_classes
+    if np.any((t < 0) | (t >= C)) or np.any(t == case.ignore_index):
+        return None
+    y = np.eye(C)[t].reshape(case.none_shape + (C,))
+    y = np.moveaxis(y, -1, case.class_axis) if case.rank > 1 else y.reshape(C)
+    return case.copy(target=np.ascontiguousarray(y.astype(np_dtype(case.dtype))), ignore_index=-100, purpose="one-hot probability target"), _same
+
+
+def _decompose(case: Case, draw):
+    if case.target_kind != "index" or case.label_smoothing != 0:
+        return None
+    return case.copy(purpose="nll_loss(log_softmax(x))"), _same
+
+
+#: name -> (doc, transform)
+TRANSFORMS: dict[str, tuple[str, Callable]] = {
+    "identity": ("the case itself", _identity),
+    "shift_logits_per_position": ("add a power of two to every logit", _shift),
+    "permute_batch": ("permute the batch axis", _batch_perm),
+    "duplicate_batch": ("concatenate the batch with itself", _duplicate),
+    "permute_classes": ("permute classes of logits, weight and targets together", _class_perm),
+    "scale_weights": ("multiply every weight by a power of two", _scale_weights),
+    "remove_ignored": ("drop the ignored positions", _remove_ignored),
+    "index_to_one_hot": ("replace class indices with one-hot probabilities", _one_hot),
+    "nll_loss_of_log_softmax": ("call nll_loss on log_softmax instead", _decompose),
+}

@@ -1,0 +1,697 @@
+"""Stage 1 of the pipeline: load a YAML spec, validate it, and turn it into typed objects.
+
+The spec is data: ``yaml`` safe loading only, a JSON Schema for its shape
+(``specs/spec.schema.json``) and the formula language (:mod:`conformance.formula`) for its
+formulas. Every error names the file, line and column, the offending key or value and, for
+typos, the nearest valid key.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import hashlib
+import json
+import keyword
+import re
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema
+import yaml
+
+from .formula import _AXIS_FUNCTIONS, CONSTANTS, FUNCTIONS, Formula, FormulaError, parse
+
+#: Names every formula may read: the canonical inputs of specs/README.md.
+INPUT_NAMES = frozenset({"x", "t", "y", "w", "g", "eps", "ignore_index", "C", "P"})
+REDUCTIONS = ("none", "sum", "mean")
+
+
+class SpecError(Exception):
+    """A spec file that cannot be used; the message is ready for a user."""
+
+    def __init__(self, file: str, line: int | None, col: int | None, message: str, fix: str = ""):
+        self.file, self.line, self.col, self.message, self.fix = file, line, col, message, fix
+        loc = file + (f":{line}" if line else "") + (f":{col}" if line and col else "")
+        super().__init__(f"{loc}: {message}" + (f"\n  fix: {fix}" if fix else ""))
+
+
+# --------------------------------------------------------------------------- typed spec
+@dataclass(frozen=True)
+class Gradient:
+    wrt: str
+    bindings: dict[str, Formula]
+    reductions: dict[str, Formula]
+    unspecified: Formula | None = None
+
+
+@dataclass(frozen=True)
+class TargetPath:
+    name: str
+    bindings: dict[str, Formula]
+    reductions: dict[str, Formula]
+    gradients: dict[str, Gradient]
+
+
+@dataclass(frozen=True)
+class SpecialCase:
+    id: str
+    make: tuple[str, ...]
+    path: str | None
+    expect: dict[str, str]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Variant:
+    id: str
+    description: str
+    overrides: dict[str, str]
+    replaces_errors: tuple[str, ...] = ()
+    expect: str | None = None
+
+
+@dataclass(frozen=True)
+class ErrorClause:
+    id: str
+    severity: str
+    make: str
+    torch: str = ""
+
+
+@dataclass(frozen=True)
+class Metamorphic:
+    id: str
+    transform: str
+    relation: str | dict[str, str]
+    requires: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    reductions: tuple[str, ...] = ()
+    description: str = ""
+
+    def relation_for(self, reduction: str) -> str | None:
+        if isinstance(self.relation, str):
+            return self.relation
+        return self.relation.get(reduction)
+
+
+@dataclass(frozen=True)
+class DtypeTolerance:
+    u: float
+    k_forward: float
+    k_reduce: float
+    k_gradient: float
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    scale: Formula
+    gscale: Formula
+    dtypes: dict[str, DtypeTolerance]
+    #: Error scale of the gradient w.r.t. probability targets (per position), if any.
+    gscale_target: Formula | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One operation's semantics, checked and ready for the oracle and the strategies."""
+
+    file: str
+    version: str
+    operation: str
+    reference: str
+    summary: str
+    sha256: str
+    raw: dict[str, Any] = field(repr=False)
+    paths: dict[str, TargetPath] = field(repr=False)
+    special_cases: dict[str, SpecialCase] = field(repr=False)
+    variants: dict[str, Variant] = field(repr=False)
+    errors: dict[str, ErrorClause] = field(repr=False)
+    metamorphic: dict[str, Metamorphic] = field(repr=False)
+    tolerances: Tolerances = field(repr=False)
+    applied_variants: tuple[str, ...] = ()
+
+    @property
+    def domains(self) -> dict[str, Any]:
+        return self.raw["domains"]
+
+    @property
+    def deprecated(self) -> list[dict[str, Any]]:
+        return self.raw["signature"].get("deprecated", [])
+
+    def with_variants(self, names) -> "Spec":
+        """This spec with the formula overrides of the named variants applied."""
+        names = tuple(sorted(set(names) & set(self.variants)))
+        if not names:
+            return self
+        paths = {k: replace(p, reductions=dict(p.reductions),
+                            gradients={g: replace(gr, reductions=dict(gr.reductions)) for g, gr in p.gradients.items()})
+                 for k, p in self.paths.items()}
+        for name in names:
+            for dotted, source in self.variants[name].overrides.items():
+                table, key, known = _override_target(paths, dotted)
+                table[key] = parse(source, known=known, where=f"variants.{name}.overrides.{dotted}")
+        return replace(self, paths=paths, applied_variants=names)
+
+
+# --------------------------------------------------------------------------- locating
+def _schema() -> dict:
+    return json.loads(resources.files("conformance.specs").joinpath("spec.schema.json").read_text())
+
+
+class _Marks:
+    """The YAML node behind every value of a document, addressed by its JSON path.
+
+    Built with ``yaml.compose`` (SafeLoader): nodes only, nothing is constructed, so the
+    positions are available even for values the schema rejects.
+    """
+
+    def __init__(self, text: str):
+        self.text = text
+        self.root = yaml.compose(text, Loader=yaml.SafeLoader)
+        self.duplicates: list[tuple[tuple, yaml.Node, yaml.Node]] = []
+        if self.root is not None:
+            self._find_duplicates(self.root, ())
+
+    def _find_duplicates(self, node, path):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, yaml.Node] = {}
+            for k, v in node.value:
+                key = getattr(k, "value", None)
+                if isinstance(key, str) and key != "<<":
+                    if key in seen:
+                        self.duplicates.append((path + (key,), seen[key], k))
+                    seen.setdefault(key, k)
+                self._find_duplicates(v, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                self._find_duplicates(v, path + (i,))
+
+    def _walk(self, path) -> tuple[yaml.Node | None, yaml.Node | None, bool]:
+        """(value node, key node, whether the whole path was found); the deepest match."""
+        node, key_node = self.root, None
+        for part in path:
+            child = None
+            if isinstance(node, yaml.MappingNode):
+                for k, v in reversed(node.value):  # the last duplicate wins, as in safe_load
+                    if getattr(k, "value", None) == str(part):
+                        child = (v, k)
+                        break
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+                child = (node.value[part], None)
+            if child is None:
+                return node, key_node, False
+            node, key_node = child
+        return node, key_node, True
+
+    def node(self, path) -> yaml.Node | None:
+        node, _, found = self._walk(tuple(path))
+        return node if found else None
+
+    def at(self, path, key=False) -> tuple[int | None, int | None]:
+        """1-based (line, column) of the value at ``path`` (of its key with ``key=True``)."""
+        node, key_node, found = self._walk(tuple(path))
+        target = key_node if (key and found and key_node is not None) else node
+        if target is None:
+            return None, None
+        return target.start_mark.line + 1, target.start_mark.column + 1
+
+    def formula_at(self, path, offset: int | None) -> tuple[int | None, int | None]:
+        """Where character ``offset`` of the (stripped) formula at ``path`` is in the file."""
+        node = self.node(path)
+        if not isinstance(node, yaml.ScalarNode):
+            return self.at(path)
+        start, end = node.start_mark, node.end_mark
+        segment = self.text[start.index:end.index]
+        line, col = start.line, start.column
+        if node.style in ("|", ">"):  # the content starts on the line after the indicator
+            cut = segment.find("\n")
+            segment, line, col = ("", line, col) if cut < 0 else (segment[cut + 1:], line + 1, 0)
+        elif node.style in ("'", '"'):
+            segment, col = segment[1:-1], col + 1
+        # The value is its source lines, stripped, joined by one character (a space where
+        # YAML folds, a newline where it keeps the break), which is all formula.parse sees.
+        pieces = []
+        for i, raw in enumerate(segment.split("\n")):
+            body = raw.strip()
+            if body:
+                indent = len(raw) - len(raw.lstrip())
+                pieces.append((line + i, (col if i == 0 else 0) + indent, body))
+        if not pieces:
+            return start.line + 1, start.column + 1
+        rest = offset or 0
+        for ln, c, body in pieces:
+            if rest <= len(body):
+                return ln + 1, c + rest + 1
+            rest -= len(body) + 1
+        ln, c, body = pieces[-1]
+        return ln + 1, c + len(body) + 1
+
+
+def _dotted(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+_EXPECTED = {"object": "a mapping", "array": "a list", "string": "a string", "number": "a number",
+             "integer": "an integer", "boolean": "true or false", "null": "an empty value"}
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    for t, name in ((dict, "a mapping"), (list, "a list"), (str, "a string"), (int, "an integer"),
+                    (float, "a number")):
+        if isinstance(value, t):
+            return name
+    return "an empty value" if value is None else f"a {type(value).__name__}"
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _did_you_mean(word, options) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def _override_names(raw: dict) -> list[str]:
+    """Every key a variant may override, for suggestions."""
+    out = []
+    for pname, praw in (raw.get("paths") or {}).items():
+        if not isinstance(praw, dict):
+            continue
+        out += [f"paths.{pname}.reductions.{r}" for r in (praw.get("reductions") or {})]
+        for wrt, graw in (praw.get("gradients") or {}).items():
+            if isinstance(graw, dict):
+                out += [f"paths.{pname}.gradients.{wrt}.reductions.{r}" for r in (graw.get("reductions") or {})]
+    return out
+
+
+def _schema_error(err: jsonschema.ValidationError, file: str, marks: _Marks, raw: dict) -> SpecError:
+    path = list(err.absolute_path)
+    where = _dotted(path)
+    if err.validator in ("oneOf", "anyOf") and err.context:
+        # Explain against the alternative the value was closest to, not the whole union.
+        same_type = [c for c in err.context if c.validator != "type"]
+        if same_type:
+            inner = _schema_error(jsonschema.exceptions.best_match(same_type), file, marks, raw)
+            alts = " or ".join(_EXPECTED.get(c.validator_value, str(c.validator_value))
+                               for c in err.context if c.validator == "type")
+            return SpecError(inner.file, inner.line, inner.col, inner.message,
+                             inner.fix + (f" (or give {alts})" if alts else ""))
+        expected = " or ".join(_EXPECTED.get(c.validator_value, str(c.validator_value)) for c in err.context)
+        line, col = marks.at(path)
+        return SpecError(file, line, col, f"{where}: expected {expected}, got {_kind(err.instance)}",
+                         f"give {expected}")
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = [k for k in err.instance if k not in allowed]
+        if extra:
+            key = extra[0]
+            line, col = marks.at(path + [key], key=True)
+            fix = _did_you_mean(key, allowed) + (f"Known keys here: {', '.join(allowed)}." if allowed else "")
+            return SpecError(file, line, col, f"'{key}' is not a known key in {where}", fix.strip())
+    if "propertyNames" in err.relative_schema_path:
+        bad = err.instance
+        line, col = marks.at(path + [bad], key=True)
+        if err.validator == "enum":
+            allowed = [str(a) for a in err.validator_value]
+            fix = _did_you_mean(bad, allowed) + f"allowed here: {', '.join(allowed)}"
+        elif path[-1:] == ["overrides"]:
+            names = _override_names(raw)
+            fix = _did_you_mean(bad, names) + ("this spec's formulas: " + ", ".join(names) if names else
+                                               "write paths.<path>.reductions.<reduction>")
+        else:
+            fix = f"names here are lower_snake_case (they must match {err.validator_value})"
+        return SpecError(file, line, col, f"'{bad}' is not an allowed key in {where}", fix.strip())
+    line, col = marks.at(path)
+    if err.validator == "type":
+        want = err.validator_value
+        expected = " or ".join(_EXPECTED.get(w, w) for w in (want if isinstance(want, list) else [want]))
+        node = marks.node(path)
+        literal = node.value if isinstance(node, yaml.ScalarNode) else err.instance
+        if want == "string" and isinstance(err.instance, (int, float, bool)):
+            fix = f'quote it: "{literal}"'
+        elif want in ("number", "integer") and isinstance(err.instance, str):
+            fix = "write a bare number, e.g. 8, without quotes or words"
+        elif want == "array" and not isinstance(err.instance, (dict, list)):
+            fix = f"write a list, e.g. [{literal}]"
+        elif want == "object":
+            fix = "write a mapping: one `key: value` per line, indented under this key"
+        else:
+            fix = f"give {expected}"
+        return SpecError(file, line, col, f"{where}: expected {expected}, got {_kind(err.instance)} "
+                                          f"{_short(err.instance)}", fix)
+    if err.validator == "enum":
+        allowed = [str(a) for a in err.validator_value]
+        return SpecError(file, line, col, f"{where}: {_short(err.instance)} is not allowed here",
+                         _did_you_mean(err.instance, allowed) + f"allowed: {', '.join(allowed)}")
+    if err.validator == "required":
+        missing = [k for k in err.validator_value if k not in err.instance]
+        name = missing[0] if missing else "?"
+        if path:
+            line, col = marks.at(path, key=True)
+        return SpecError(file, line, col, f"{where}: the required key '{name}' is missing",
+                         f"add '{name}:' " + (f"under {where}" if path else "at the top level"))
+    if err.validator == "pattern" and path == ["spec_version"]:
+        return SpecError(file, line, col, f"spec_version: {_short(err.instance)} is not a semantic version",
+                         'write MAJOR.MINOR.PATCH in quotes, e.g. spec_version: "1.0.0"')
+    fix = {"pattern": f"the value must match {err.validator_value}",
+           "minLength": "give a non-empty value",
+           "minItems": f"give at least {err.validator_value} item(s)",
+           "maxItems": f"give at most {err.validator_value} item(s)",
+           "minProperties": f"give at least {err.validator_value} entry(ies)",
+           "minimum": f"give a value >= {err.validator_value}",
+           "maximum": f"give a value <= {err.validator_value}",
+           "exclusiveMinimum": f"give a value > {err.validator_value}"}.get(err.validator, "see specs/README.md")
+    return SpecError(file, line, col, f"{where}: {err.message}", fix)
+
+
+# --------------------------------------------------------------------------- faults
+class _Fault(Exception):
+    """A fault found while building, located by the JSON path of the offending node."""
+
+    def __init__(self, path: tuple, message: str, fix: str = "", *, key: bool = False):
+        super().__init__(message)
+        self.path, self.message, self.fix, self.key = tuple(path), message, fix, key
+
+    def error(self, file: str, marks: _Marks) -> SpecError:
+        line, col = marks.at(self.path, key=self.key)
+        return SpecError(file, line, col, f"{_dotted(self.path)}: {self.message}", self.fix)
+
+
+class _FormulaFault(_Fault):
+    def __init__(self, path: tuple, exc: FormulaError, known, context: str = ""):
+        message, fix = _explain_formula(exc, known)
+        super().__init__(path, message + context, fix)
+        self.exc = exc
+
+    def error(self, file: str, marks: _Marks) -> SpecError:
+        exc = self.exc
+        line, col = marks.formula_at(self.path, exc.col)
+        message = f"{_dotted(self.path)}: {self.message}"
+        if exc.source:
+            message += f"\n    {exc.source.replace(chr(10), ' ')}"
+            if exc.col is not None:
+                message += f"\n    {' ' * exc.col}^"
+        return SpecError(file, line, col, message, self.fix)
+
+
+def _names_in_scope(known) -> str:
+    known = set(known)
+    inputs = sorted(known & INPUT_NAMES)
+    bound = sorted(known - INPUT_NAMES)
+    return f"inputs {', '.join(inputs)}" + (f"; bindings {', '.join(bound)}" if bound else "") + \
+           f"; constants {', '.join(CONSTANTS)}"
+
+
+def _explain_formula(exc: FormulaError, known) -> tuple[str, str]:
+    """(reason, fix) for a formula the language rejects; the fix names the nearest valid word."""
+    msg = exc.message
+    functions = ", ".join(sorted(FUNCTIONS))
+    m = re.match(r"unknown function '(\w+)'", msg)
+    if m:
+        return f"unknown function '{m[1]}'", _did_you_mean(m[1], FUNCTIONS) + f"the functions are: {functions}"
+    m = re.match(r"unknown name '(\w+)'", msg)
+    if m:
+        hint = _did_you_mean(m[1], set(known) | set(CONSTANTS))
+        function = difflib.get_close_matches(m[1], FUNCTIONS, n=1)
+        if not hint and function:  # e.g. `softmx` where softmax(...) was meant
+            hint = f"did you mean the function '{function[0]}(...)'? "
+        return f"unknown name '{m[1]}'", hint + f"names in scope here: {_names_in_scope(known)}"
+    if msg.startswith("not a valid expression"):
+        return msg, ("write one expression with balanced brackets, e.g. where(valid, t, 0); "
+                     "operators: + - * / ** & | ~ == != < <= > >=")
+    try:
+        tree = ast.parse((exc.source or "").strip(), mode="eval")  # parsed only, never run
+    except SyntaxError:
+        tree = None
+    nodes = list(ast.walk(tree)) if tree is not None else []
+    if any(isinstance(n, ast.Name) and n.id.startswith("__") for n in nodes) or \
+            any(isinstance(n, ast.Attribute) and n.attr.startswith("__") for n in nodes):
+        return msg, ("a formula is data and is never executed: it may only combine names in scope with "
+                     f"the language's functions ({functions}); imports, attributes and Python built-ins "
+                     "do not exist here")
+    attrs = [n for n in nodes if isinstance(n, ast.Attribute)]
+    if attrs and (msg.startswith("only plain function calls") or msg.startswith("Attribute")):
+        attr = attrs[0]
+        close = difflib.get_close_matches(attr.attr, FUNCTIONS, n=1)
+        if close:
+            return msg, (f"did you mean '{close[0]}'? call the language's functions directly: "
+                         f"{close[0]}(...), not {ast.unparse(attr)}(...)")
+        return msg, f"there are no modules or attributes; the functions are: {functions}"
+    fixes = {
+        "Subscript": "there is no indexing: use take(w, t) for a per-class vector or "
+                     "take_along(a, t, axis=classes) for a (P, C) array",
+        "Lambda": "a formula is one expression, without lambda: bind intermediate values under "
+                  "`bindings:` and use them by name",
+        "BoolOp": "write & for and, | for or, ~ for not, with comparisons in parentheses: (t >= 0) & (t < C)",
+        "IfExp": "write where(condition, a, b)",
+        "NamedExpr": "bind the value under `bindings:` instead",
+    }
+    for kind, fix in fixes.items():
+        if msg.startswith(f"{kind} is not allowed"):
+            return msg, fix
+    if re.match(r"\w+ is not allowed", msg):
+        return msg, ("only numbers, names in scope, arithmetic, comparisons, & | ~ and calls of the "
+                     f"language's functions are allowed; the functions are: {functions}")
+    if msg.startswith("only numbers are allowed as constants"):
+        return msg, ("names are written bare (wt, not 'wt'); True, False, None and strings are not "
+                     "values in the language: use 0 and 1 or a comparison")
+    if "is not in the formula language" in msg:
+        return msg, "the operators are + - * / ** & | ~ and the comparisons == != < <= > >="
+    if "keyword" in msg or "axis=" in msg:
+        return msg, ("only axis=classes is accepted, and only by: "
+                     + ", ".join(sorted(_AXIS_FUNCTIONS)))
+    m = re.match(r"'(\w+)' is a function", msg)
+    if m:
+        return msg, f"call it with its arguments: {m[1]}(...)"
+    return msg, "write the formula in the language of specs/README.md"
+
+
+def _parse(source, known, path: tuple, context: str = "") -> Formula:
+    try:
+        return parse(source, known=frozenset(known), where=_dotted(path))
+    except FormulaError as exc:
+        raise _FormulaFault(path, exc, known, context) from None
+
+
+# --------------------------------------------------------------------------- building
+def load(path: str | Path) -> Spec:
+    """Read, validate and build a spec; raise :class:`SpecError` with file:line on any fault."""
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(file, None, None, f"cannot read the spec: {exc.strerror or exc}",
+                        "pass an existing spec file, e.g. specs/cross_entropy.yaml") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(file, None, None, f"the spec is not UTF-8 text ({exc.reason})",
+                        "save the file as UTF-8") from None
+    return loads(text, file=file)
+
+
+def _yaml_fix(problem: str) -> str:
+    if "'\\t'" in problem:
+        return "indent with spaces, never tabs"
+    if "constructor" in problem:
+        return "remove the tag: a spec is plain data (safe YAML) and cannot build Python objects"
+    if "mapping values are not allowed" in problem:
+        return "quote a value that contains ': ', or fix the indentation of this line"
+    return "fix the YAML syntax here: indentation, brackets and quotes must balance"
+
+
+def loads(text: str, *, file: str = "<string>") -> Spec:
+    """Like :func:`load`, for spec text; ``file`` is the name used in error messages."""
+    try:
+        raw = yaml.safe_load(text)
+        marks = _Marks(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        problem = str(getattr(exc, "problem", None) or exc)
+        raise SpecError(file, mark.line + 1 if mark else None, mark.column + 1 if mark else None,
+                        f"not valid YAML: {problem}", _yaml_fix(problem)) from None
+    if marks.duplicates:
+        path, first, second = marks.duplicates[0]
+        raise SpecError(file, second.start_mark.line + 1, second.start_mark.column + 1,
+                        f"duplicate key '{path[-1]}' in {_dotted(path[:-1])} "
+                        f"(first at line {first.start_mark.line + 1})",
+                        "keep only one: YAML would silently use the last one")
+    if not isinstance(raw, dict):
+        raise SpecError(file, 1, 1, "a spec must be a mapping at the top level", "start from specs/cross_entropy.yaml")
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(raw), key=lambda e: (marks.at(list(e.absolute_path))[0] or 0))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        raise _schema_error(best, file, marks, raw)
+    try:
+        spec = _build(raw, text, file)
+    except _Fault as fault:
+        raise fault.error(file, marks) from None
+    _check_references(spec, marks)
+    return spec
+
+
+def _bindings(raw: Mapping[str, str], known: set[str], base: tuple) -> dict[str, Formula]:
+    out: dict[str, Formula] = {}
+    for name, source in (raw or {}).items():
+        path = base + (name,)
+        if not str(name).isidentifier() or keyword.iskeyword(name):
+            raise _Fault(path, f"'{name}' cannot be a binding name", "use a lower_snake_case identifier", key=True)
+        if name in INPUT_NAMES or name in FUNCTIONS or name in CONSTANTS:
+            what = "an input" if name in INPUT_NAMES else "a function" if name in FUNCTIONS else "a constant"
+            raise _Fault(path, f"the binding '{name}' would hide {what} of the formula language",
+                         "choose another name", key=True)
+        if name in known:
+            raise _Fault(path, f"'{name}' is already bound in this scope", "choose another name", key=True)
+        out[name] = _parse(source, known, path)
+        known.add(name)
+    return out
+
+
+class _Unresolved(LookupError):
+    def __init__(self, message: str, options):
+        super().__init__(message)
+        self.message, self.options = message, sorted(options)
+
+
+def _override_target(paths: Mapping[str, TargetPath], dotted: str):
+    """(formula table, key, names in scope) that a variant override ``dotted`` replaces."""
+    parts = dotted.split(".")
+    if parts[1] not in paths:
+        raise _Unresolved(f"the spec has no path '{parts[1]}'", paths)
+    path = paths[parts[1]]
+    known = set(INPUT_NAMES) | set(path.bindings)
+    if parts[2] == "reductions":
+        table, key = path.reductions, parts[3]
+    else:
+        if parts[3] not in path.gradients:
+            raise _Unresolved(f"paths.{parts[1]} has no gradient with respect to '{parts[3]}'", path.gradients)
+        grad = path.gradients[parts[3]]
+        known |= set(grad.bindings)
+        table, key = grad.reductions, parts[5]
+    if key not in table:
+        raise _Unresolved(f"{'.'.join(parts[:-1])} defines no '{key}' formula to override", table)
+    return table, key, frozenset(known)
+
+
+def _build(raw: dict, text: str, file: str) -> Spec:
+    paths: dict[str, TargetPath] = {}
+    for pname, praw in raw["paths"].items():
+        base = ("paths", pname)
+        known = set(INPUT_NAMES)
+        bindings = _bindings(praw["bindings"], known, base + ("bindings",))
+        reductions = {r: _parse(s, known, base + ("reductions", r)) for r, s in praw["reductions"].items()}
+        grads = {}
+        for wrt, graw in (praw.get("gradients") or {}).items():
+            gbase = base + ("gradients", wrt)
+            gknown = set(known)
+            gb = _bindings(graw.get("bindings"), gknown, gbase + ("bindings",))
+            gr = {r: _parse(s, gknown, gbase + ("reductions", r)) for r, s in graw["reductions"].items()}
+            unspec = graw.get("unspecified")
+            grads[wrt] = Gradient(wrt, gb, gr, _parse(unspec, gknown, gbase + ("unspecified",)) if unspec else None)
+        paths[pname] = TargetPath(pname, bindings, reductions, grads)
+
+    domains = raw["domains"]
+    for red in domains["reductions"]:
+        for pname, p in paths.items():
+            for where, table in [(("paths", pname, "reductions"), p.reductions)] + \
+                    [(("paths", pname, "gradients", g, "reductions"), gr.reductions) for g, gr in p.gradients.items()]:
+                if red not in table:
+                    raise _Fault(where, f"no '{red}' formula, but domains.reductions lists '{red}'",
+                                 f"add '{red}:' here or remove '{red}' from domains.reductions", key=True)
+    if "elementwise" not in paths:
+        for i, kind in enumerate(domains["target_kinds"]):
+            if kind not in paths:
+                raise _Fault(("domains", "target_kinds", i), f"target kind '{kind}' has no path",
+                             f"add paths.{kind} or remove '{kind}' (paths: {', '.join(paths)})")
+
+    tol = raw["tolerances"]
+    all_known = set(INPUT_NAMES)
+    for p in paths.values():
+        all_known |= set(p.bindings)
+    for pname, p in paths.items():  # a tolerance rule is evaluated with each path's bindings
+        for key in ("scale", "gscale", "gscale_target"):
+            if key in tol:
+                _parse(tol[key], INPUT_NAMES | set(p.bindings), ("tolerances", key),
+                       context=f" (tolerance rules are evaluated with the bindings of paths.{pname})")
+    missing = [d for d in domains["dtypes"] if d not in tol["dtypes"]]
+    if missing:
+        raise _Fault(("tolerances", "dtypes"), f"no tolerance for {', '.join(missing)}, which domains.dtypes lists",
+                     f"add a row for {missing[0]} (u, k_forward, k_reduce, k_gradient)", key=True)
+    tolerances = Tolerances(parse(tol["scale"], known=frozenset(all_known), where="tolerances.scale"),
+                            parse(tol["gscale"], known=frozenset(all_known), where="tolerances.gscale"),
+                            {d: DtypeTolerance(**v) for d, v in tol["dtypes"].items()},
+                            parse(tol["gscale_target"], known=frozenset(all_known), where="tolerances.gscale_target")
+                            if "gscale_target" in tol else None)
+
+    special = {k: SpecialCase(k, tuple(v["make"]), v.get("path"), dict(v["expect"]), v.get("note", ""))
+               for k, v in (raw.get("special_cases") or {}).items()}
+    for cid, case in special.items():
+        if case.path is not None and case.path not in paths:
+            raise _Fault(("special_cases", cid, "path"), f"'{case.path}' is not a path of this spec",
+                         f"use one of: {', '.join(paths)}")
+    errors = {k: ErrorClause(k, v["severity"], v["make"], v.get("torch", ""))
+              for k, v in (raw.get("errors") or {}).items()}
+    variants = {k: Variant(k, v["description"], dict(v.get("overrides") or {}), tuple(v.get("replaces_errors") or ()),
+                           v.get("expect")) for k, v in (raw.get("variants") or {}).items()}
+    for vid, var in variants.items():
+        for dotted, source in var.overrides.items():
+            where = ("variants", vid, "overrides", dotted)
+            try:
+                _, _, known = _override_target(paths, dotted)
+            except _Unresolved as exc:
+                raise _Fault(where, exc.message, (f"it must be one of: {', '.join(_override_names(raw))}"),
+                             key=True) from None
+            _parse(source, known, where)
+        for i, e in enumerate(var.replaces_errors):
+            if e not in errors:
+                raise _Fault(("variants", vid, "replaces_errors", i), f"unknown error clause '{e}'",
+                             _did_you_mean(e, errors) + f"the clauses are: {', '.join(errors) or '(none)'}")
+    meta = {k: Metamorphic(k, v["transform"], v["relation"], tuple(v.get("requires") or ()),
+                           tuple(v.get("paths") or ()), tuple(v.get("reductions") or ()), v.get("description", ""))
+            for k, v in (raw.get("metamorphic") or {}).items()}
+    for mid, rel in meta.items():
+        for i, pname in enumerate(rel.paths):
+            if pname not in paths:
+                raise _Fault(("metamorphic", mid, "paths", i), f"'{pname}' is not a path of this spec",
+                             f"use one of: {', '.join(paths)}")
+    return Spec(file=file, version=raw["spec_version"], operation=raw["operation"], reference=raw["reference"],
+                summary=raw["summary"], sha256=hashlib.sha256(text.encode()).hexdigest(), raw=raw, paths=paths,
+                special_cases=special, variants=variants, errors=errors, metamorphic=meta, tolerances=tolerances)
+
+
+def _check_references(spec: Spec, marks: _Marks) -> None:
+    """Names that point into Python registries (strategy modifiers, mutations, transforms)."""
+    from . import metamorphic as mm
+    from . import strategies as st
+
+    def need(name, registry, where, what, home):
+        if name not in registry:
+            line, col = marks.at(where)
+            known = f"known: {', '.join(sorted(registry))}" if registry else f"{home} registers none yet"
+            raise SpecError(spec.file, line, col, f"{_dotted(where)}: unknown {what} '{name}'",
+                            _did_you_mean(name, registry) + known)
+
+    for cid, case in spec.special_cases.items():
+        for i, m in enumerate(case.make):
+            need(m, st.MODIFIERS, ("special_cases", cid, "make", i), "strategy modifier",
+                 "MODIFIERS in conformance/strategies.py")
+    for eid, clause in spec.errors.items():
+        need(clause.make, st.MUTATIONS, ("errors", eid, "make"), "error mutation",
+             "MUTATIONS in conformance/strategies.py")
+    for mid, rel in spec.metamorphic.items():
+        need(rel.transform, mm.TRANSFORMS, ("metamorphic", mid, "transform"), "metamorphic transform",
+             "TRANSFORMS in conformance/metamorphic.py")
+
+
+def default_spec_path(operation: str = "cross_entropy") -> Path:
+    return Path(str(resources.files("conformance.specs").joinpath(f"{operation}.yaml")))
+
+
+def load_default(operation: str = "cross_entropy") -> Spec:
+    return load(default_spec_path(operation))

@@ -1,0 +1,456 @@
+"""Stage 2: Hypothesis strategies for cases, derived from the spec's domains.
+
+Everything drawn comes from ``spec.domains``: dtypes, ranks, target kinds, reductions, the
+bounded size menu (compiled frameworks pay per new shape), the option domains and the value
+regimes. Small arrays are drawn element by element so that Hypothesis shrinks failing
+values; large arrays come from a drawn seed plus injected edge values so that generation
+stays cheap.
+
+Two registries are referenced by name from the spec:
+``MODIFIERS`` force a special case's shape of input (``special_cases.*.make``), and
+``MUTATIONS`` turn a valid case into an invalid one (``errors.*.make``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from hypothesis import strategies as st
+
+from .case import Case, np_dtype
+
+#: Arrays up to this many elements are drawn element by element (shrinkable).
+SMALL = 24
+
+#: Largest finite magnitude a regime may use per dtype (float16 tops out at 65504).
+_HUGE = float(np.float32(1e30))
+_LARGE = {"float16": 3.0e4, "bfloat16": 1.0e4, "float32": 1.0e4, "float64": 1.0e4}
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a check asks of the strategy; None means "anything the spec allows"."""
+
+    dtypes: tuple[str, ...]
+    ranks: tuple[int, ...]
+    target_kinds: tuple[str, ...]
+    reductions: tuple[str, ...]
+    modifiers: tuple[str, ...] = ()
+    features: frozenset[str] = frozenset()
+    regimes: tuple[str, ...] | None = None
+    allow_legacy: bool = True
+    allow_long: bool = True
+    allow_empty: bool = True
+    large_classes: bool = False
+    max_classes: int | None = None
+
+
+def request_for(spec, caps, *, target_kinds=None, reductions=None, modifiers=(), regimes=None,
+                profile: str = "default", allow_long=True, gradient=False) -> Request:
+    """Intersect the spec's domains with an adapter's declared capabilities."""
+    d = spec.domains
+    dtypes = tuple(x for x in d["dtypes"] if x in caps.dtypes)
+    ranks = tuple(r for r in d["ranks"] if r in caps.ranks)
+    kinds = [k for k in (target_kinds or d["target_kinds"]) if k in d["target_kinds"]]
+    kinds = tuple(k for k in kinds if f"{k}_target" in caps.features)
+    reds = tuple(r for r in (reductions or d["reductions"]) if f"reduction_{r}" in caps.features)
+    return Request(dtypes=dtypes, ranks=ranks, target_kinds=kinds, reductions=reds, modifiers=tuple(modifiers),
+                   features=frozenset(caps.features), regimes=tuple(regimes) if regimes else None,
+                   allow_legacy="legacy_arguments" in caps.features, allow_long=allow_long,
+                   allow_empty="empty" in caps.features, large_classes=(profile == "thorough"),
+                   max_classes=caps.max_classes)
+
+
+# --------------------------------------------------------------------------- modifiers
+# A modifier is a set of constraints on the draw plus a function applied to the finished
+# arrays. They are the vocabulary of `special_cases.*.make` in the spec.
+@dataclass(frozen=True)
+class Modifier:
+    doc: str
+    force: dict = field(default_factory=dict)
+    apply: Callable | None = None
+
+
+def _rows(draw, P, label):
+    """Positions to edit: at least one, drawn so that Hypothesis can shrink them."""
+    k = draw(st.integers(1, max(1, min(P, 3))), label=f"{label}_count")
+    return sorted(set(draw(st.lists(st.integers(0, P - 1), min_size=k, max_size=k), label=f"{label}_rows")))
+
+
+def _off_target_class(t, C, row):
+    return (int(t[row]) + 1) % C if t is not None else 0
+
+
+def _mod_neg_inf_off_target(draw, env):
+    x, t, C, P = env["x"], env.get("t"), env["C"], env["P"]
+    for r in _rows(draw, P, "neg_inf"):
+        x[r, _off_target_class(t, C, r)] = -np.inf
+
+
+def _mod_neg_inf_at_target(draw, env):
+    x, t, P = env["x"], env["t"], env["P"]
+    for r in _rows(draw, P, "neg_inf_target"):
+        x[r, int(t[r])] = -np.inf
+
+
+def _mod_zero_probability_there(draw, env):
+    x, y = env["x"], env["y"]
+    y[np.isneginf(x)] = 0.0
+
+
+def _mod_value(value):
+    def apply(draw, env):
+        x, P, C = env["x"], env["P"], env["C"]
+        for r in _rows(draw, P, "nonfinite"):
+            x[r, draw(st.integers(0, C - 1), label="nonfinite_class")] = value
+    return apply
+
+
+def _mod_all_neg_inf_row(draw, env):
+    x, P = env["x"], env["P"]
+    for r in _rows(draw, P, "all_neg_inf"):
+        x[r, :] = -np.inf
+
+
+MODIFIERS: dict[str, Modifier] = {
+    "all_ignored": Modifier("every position's target is ignore_index", {"target_kinds": ("index",), "all_ignored": True, "min_positions": 1}),
+    "empty_batch": Modifier("N = 0 (an empty batch)", {"empty": True}),
+    "single_class": Modifier("C = 1, no ignored position", {"classes": 1, "no_ignored": True, "min_positions": 1}),
+    "unbatched": Modifier("an unbatched (C,) input", {"ranks": (1,), "no_ignored": True}),
+    "weighted": Modifier("a positive weight", {"weight": "positive"}),
+    "smoothing": Modifier("label smoothing in (0, 1], positive weights", {"smoothing": True, "weight_positive_or_absent": True}),
+    "neg_inf_off_target": Modifier("-inf at a non-target class of some positions",
+                                   {"min_classes": 2, "no_smoothing_unless": "smoothing", "min_positions": 1,
+                                    "weight_positive_or_absent": True, "no_ignored": True, "finite_regime": True},
+                                   _mod_neg_inf_off_target),
+    "neg_inf_at_target": Modifier("-inf at the target class of some positions",
+                                  {"target_kinds": ("index",), "min_classes": 2, "no_smoothing": True, "min_positions": 1,
+                                   "weight_positive_or_absent": True, "no_ignored": True, "finite_regime": True},
+                                  _mod_neg_inf_at_target),
+    "zero_probability_there": Modifier("probability 0 where the logit is -inf",
+                                       {"target_kinds": ("probability",), "no_smoothing": True},
+                                       _mod_zero_probability_there),
+    "pos_inf": Modifier("+inf at some logits", {"min_positions": 1, "no_ignored": True, "finite_regime": True},
+                        _mod_value(np.inf)),
+    "nan_logit": Modifier("NaN at some logits", {"min_positions": 1, "no_ignored": True, "finite_regime": True},
+                          _mod_value(np.nan)),
+    "all_neg_inf_row": Modifier("a position whose logits are all -inf",
+                                {"min_positions": 1, "no_ignored": True, "finite_regime": True}, _mod_all_neg_inf_row),
+    "long_reduction": Modifier("a long batch (thousands of positions) in rank 2", {"ranks": (2,), "long": True}),
+    "half_precision": Modifier("float16 or bfloat16", {"dtypes": ("float16", "bfloat16")}),
+    "huge_logits": Modifier("logits near 1e30 (float32/float64)", {"dtypes": ("float32", "float64"), "regime": "huge"}),
+}
+
+
+# --------------------------------------------------------------------------- value drawing
+def _regime_values(draw, regime: str, dtype: str, shape, seeded: bool, label: str) -> np.ndarray:
+    """float64 logits for a regime, exactly representable after quantising to dtype."""
+    n = int(np.prod(shape, dtype=np.int64))
+    big = _LARGE[dtype]
+    if not seeded:
+        if regime == "ordinary":
+            el = st.floats(-8, 8, allow_nan=False, width=32)
+        elif regime == "large_magnitude":
+            el = st.one_of(st.floats(-big, big, allow_nan=False, width=32), st.sampled_from([-big, big, big / 2]))
+        elif regime == "huge":
+            el = st.floats(-_HUGE, _HUGE, allow_nan=False, width=32)
+        elif regime == "ties":
+            el = st.sampled_from([-2.0, 0.0, 0.5, 3.0])
+        else:  # confident / nonfinite start from ordinary values
+            el = st.floats(-4, 4, allow_nan=False, width=32)
+        vals = draw(st.lists(el, min_size=n, max_size=n), label=label)
+        return np.asarray(vals, dtype=np.float64).reshape(shape)
+    seed = draw(st.integers(0, 2**32 - 1), label=f"{label}_seed")
+    rng = np.random.default_rng(seed)
+    if regime == "large_magnitude":
+        v = rng.uniform(-big, big, size=shape)
+    elif regime == "huge":
+        v = rng.uniform(-_HUGE, _HUGE, size=shape)
+    elif regime == "ties":
+        v = rng.choice([-2.0, 0.0, 0.5, 3.0], size=shape)
+    else:
+        v = rng.normal(0.0, 3.0, size=shape)
+    return v
+
+
+def _quantise(a: np.ndarray, dtype: str) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64).astype(np_dtype(dtype))
+
+
+# --------------------------------------------------------------------------- the case strategy
+@st.composite
+def cases(draw, spec, req: Request) -> Case:
+    """One valid case within ``req`` (mutations for the error contract come later)."""
+    force: dict = {}
+    applies = []
+    for m in req.modifiers:
+        mod = MODIFIERS[m]
+        force.update(mod.force)
+        if mod.apply:
+            applies.append(mod.apply)
+
+    dtypes = tuple(d for d in req.dtypes if d in force.get("dtypes", req.dtypes))
+    dtype = draw(st.sampled_from(dtypes), label="dtype")
+    kinds = tuple(k for k in req.target_kinds if k in force.get("target_kinds", req.target_kinds))
+    kind = draw(st.sampled_from(kinds), label="target_kind")
+    sizes = spec.domains["sizes"]
+
+    # ---- shape: mostly the small menu; sometimes a long reduction or (thorough) huge C
+    ranks = tuple(r for r in req.ranks if r in force.get("ranks", req.ranks))
+    if force.get("empty"):
+        ranks = tuple(r for r in ranks if r >= 2) or ranks
+    rank = draw(st.sampled_from(ranks), label="rank")
+    classes_menu = [c for c in sizes["classes"] if req.max_classes is None or c <= req.max_classes]
+    if "classes" in force:
+        C = force["classes"]
+    else:
+        menu = [c for c in classes_menu if c >= force.get("min_classes", 1)]
+        if req.large_classes and rank == 2:
+            menu += [c for c in sizes.get("large_classes", []) if req.max_classes is None or c <= req.max_classes]
+        C = draw(st.sampled_from(menu), label="classes")
+    shape_kind = "small"
+    if force.get("long"):
+        shape_kind = "long"
+    elif rank == 2 and req.allow_long and not force.get("empty") and C <= 1000 and sizes.get("large_batch"):
+        shape_kind = draw(st.sampled_from(["small"] * 4 + ["long"]), label="shape_kind")
+    if rank == 1:
+        batch_shape: tuple[int, ...] = ()
+    elif force.get("empty"):
+        batch_shape = (0,) + tuple(draw(st.sampled_from(sizes["spatial"]), label="spatial") for _ in range(rank - 2))
+    elif shape_kind == "long":
+        # keep N*C at a few hundred thousand elements: long reductions, cheap generation
+        C = C if C <= 64 else 50
+        batch_shape = (draw(st.sampled_from(sizes["large_batch"]), label="batch"),)
+    else:
+        n_menu = [n for n in sizes["batch"] if (n > 0 or req.allow_empty) and n >= force.get("min_positions", 0)]
+        if C >= 257 or rank >= 4:
+            n_menu = [n for n in n_menu if n <= 16] or [1]
+        N = draw(st.sampled_from(n_menu), label="batch")
+        spatial = tuple(draw(st.sampled_from(sizes["spatial"]), label=f"d{i + 1}") for i in range(rank - 2))
+        batch_shape = (N,) + spatial
+    P = int(np.prod(batch_shape, dtype=np.int64)) if batch_shape else 1
+
+    # ---- options
+    weight_kind = force.get("weight") or draw(st.sampled_from(
+        [k for k in spec.domains.get("weight", ["absent"]) if k == "absent" or "weight" in req.features]), label="weight")
+    if force.get("weight_positive_or_absent") and weight_kind == "with_zeros":
+        weight_kind = "positive"
+    reductions = req.reductions
+    reduction = draw(st.sampled_from(reductions), label="reduction")
+    eps = 0.0
+    if "label_smoothing" in req.features and not force.get("no_smoothing"):
+        if force.get("smoothing"):
+            eps = draw(st.one_of(st.just(1.0), st.floats(0.01, 1.0)), label="label_smoothing")
+        elif force.get("no_smoothing_unless") and "smoothing" not in req.modifiers:
+            eps = 0.0
+        else:
+            eps = draw(st.one_of(st.just(0.0), st.just(0.0), st.just(1.0), st.floats(0.0, 1.0),
+                                 st.sampled_from([0.1, 0.25])), label="label_smoothing")
+    ignore_kind = "default"
+    if kind == "index" and "ignore_index" in req.features:
+        ignore_kind = draw(st.sampled_from(spec.domains.get("ignore_index", ["default"])), label="ignore_index_kind")
+    if force.get("all_ignored") and ignore_kind == "default" and "ignore_index" not in req.features:
+        ignore_kind = "default"
+    if ignore_kind == "inside" and force.get("no_ignored"):
+        ignore_kind = "default"
+    ignore_index = {"default": -100, "inside": draw(st.integers(0, C - 1), label="ignore_inside") if ignore_kind == "inside" else -100,
+                    "outside_high": C + draw(st.integers(0, 3), label="ignore_high") if ignore_kind == "outside_high" else -100}[ignore_kind]
+    legacy = None
+    if req.allow_legacy and not req.modifiers:
+        legacy_kind = draw(st.sampled_from(["absent"] * 9 + ["legacy"]), label="legacy")
+        if legacy_kind == "legacy":
+            legacy = {"size_average": draw(st.sampled_from([None, True, False]), label="size_average"),
+                      "reduce": draw(st.sampled_from([None, True, False]), label="reduce")}
+            if legacy["size_average"] is None and legacy["reduce"] is None:
+                legacy["reduce"] = False
+
+    # ---- values
+    regimes = list(spec.domains.get("value_regimes", {"ordinary": ""}))
+    regimes = [r for r in regimes if r != "nonfinite" and (r != "huge" or dtype in ("float32", "float64"))]
+    if req.regimes:
+        regimes = [r for r in regimes if r in req.regimes] or ["ordinary"]
+    if force.get("finite_regime"):
+        regimes = [r for r in regimes if r in ("ordinary", "ties", "confident")]
+    regime = force.get("regime") or draw(st.sampled_from(regimes), label="regime")
+    seeded = P * C > SMALL
+    x = _regime_values(draw, regime, dtype, (P, C), seeded, "logits")
+
+    env = {"x": x, "P": P, "C": C}
+    if kind == "index":
+        if seeded:
+            rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1), label="target_seed"))
+            t = rng.integers(0, C, size=P)
+        else:
+            t = np.asarray(draw(st.lists(st.integers(0, C - 1), min_size=P, max_size=P), label="target"), dtype=np.int64)
+        if P and ignore_index != -100 or (P and ignore_kind == "default" and "ignore_index" in req.features):
+            # Ignore some positions: with the default -100 too, which every adapter must honour.
+            if force.get("all_ignored"):
+                t[:] = ignore_index
+            elif not force.get("no_ignored") and draw(st.booleans(), label="some_ignored"):
+                k = draw(st.integers(1, P), label="ignored_count") if P <= SMALL else max(1, P // 7)
+                idx = np.random.default_rng(int(t.sum()) + P).choice(P, size=k, replace=False)
+                t[idx] = ignore_index
+        if regime == "confident":
+            rows = np.arange(P)
+            ok = (t >= 0) & (t < C)
+            margin = draw(st.floats(15, 40), label="margin")
+            x[rows[ok], t[ok]] = np.max(x[ok], axis=1) + margin if ok.any() else x[rows[ok], t[ok]]
+        env["t"] = t
+    else:
+        target_regime = draw(st.sampled_from(["softmax", "softmax", "one_hot", "unnormalised", "negative"]), label="prob_target")
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1), label="prob_seed"))
+        z = rng.normal(0, 2, size=(P, C))
+        y = np.exp(z - z.max(axis=1, keepdims=True)) if C else z
+        y = y / y.sum(axis=1, keepdims=True) if C else y
+        if target_regime == "one_hot":
+            y = np.eye(C)[rng.integers(0, C, size=P)] if C else y
+        elif target_regime == "unnormalised":
+            y = rng.uniform(0, 2, size=(P, C))
+        elif target_regime == "negative":
+            y = rng.uniform(-0.5, 1.0, size=(P, C))
+        if regime == "confident" and C:
+            y = np.eye(C)[np.argmax(x, axis=1)]
+            x[np.arange(P), np.argmax(x, axis=1)] += draw(st.floats(15, 40), label="margin")
+        env["y"] = y
+
+    if regime == "ties" and C >= 2 and P:
+        x[:, 1] = x[:, 0]
+    w = None
+    if weight_kind != "absent" and "weight" in req.features:
+        rng = np.random.default_rng(C * 7919 + P)
+        if C <= SMALL:
+            w = np.asarray(draw(st.lists(st.floats(0.05, 4.0), min_size=C, max_size=C), label="weight"))
+        else:
+            w = rng.uniform(0.05, 4.0, size=C)
+        if weight_kind == "with_zeros":
+            w[draw(st.integers(0, C - 1), label="zero_weight_class")] = 0.0
+        if kind == "index" and "t" in env:
+            pass
+    for apply in applies:
+        apply(draw, env)
+
+    # ---- quantise and assemble in the framework layout
+    xq = _quantise(env["x"], dtype)
+    if regime != "huge" and not np.all(np.isfinite(xq[np.isfinite(env["x"])])):
+        xq = _quantise(np.clip(env["x"], -_LARGE[dtype], _LARGE[dtype]), dtype)
+    shape_full = _full_shape(batch_shape, C, rank)
+    x_out = _from_pc(xq, batch_shape, C, rank)
+    if kind == "index":
+        t = env["t"].astype(np.int64)
+        target = t.reshape(batch_shape) if rank > 1 else np.asarray(t[0], dtype=np.int64).reshape(())
+    else:
+        target = _from_pc(_quantise(env["y"], dtype), batch_shape, C, rank)
+    weight = _quantise(w, dtype) if w is not None else None
+    none_shape = batch_shape if rank > 1 else ()
+    case = Case(x=x_out, target=target, weight=weight, reduction=reduction, ignore_index=int(ignore_index),
+                label_smoothing=float(eps), legacy=legacy, regime=regime, modifiers=req.modifiers)
+    assert case.x.shape == shape_full
+    # A random upstream gradient, shaped like the output, so that 'none' is not only
+    # differentiated through a sum.
+    out_shape = none_shape if case.effective_reduction(spec.deprecated) == "none" else ()
+    rng = np.random.default_rng(P + 13)
+    case.upstream = _quantise(rng.choice([-1.5, -0.5, 0.75, 1.0, 2.0], size=out_shape), dtype)
+    return case
+
+
+def _full_shape(batch_shape, C, rank):
+    if rank == 1:
+        return (C,)
+    return (batch_shape[0], C) + tuple(batch_shape[1:])
+
+
+def _from_pc(a: np.ndarray, batch_shape, C, rank) -> np.ndarray:
+    """(P, C) -> the framework layout with the class axis at 1 (or the only axis)."""
+    if rank == 1:
+        return np.ascontiguousarray(a.reshape(C))
+    return np.ascontiguousarray(np.moveaxis(a.reshape(tuple(batch_shape) + (C,)), -1, 1))
+
+
+# --------------------------------------------------------------------------- mutations
+def _replace_target_value(value_of_C):
+    def mutate(case: Case, draw) -> Case | None:
+        if case.target_kind != "index" or case.positions == 0:
+            return None
+        t = np.array(case.target, dtype=np.int64, copy=True)
+        flat = t.reshape(-1)
+        pos = draw(st.integers(0, flat.size - 1), label="bad_position")
+        bad = value_of_C(case.num_classes, case.ignore_index)
+        flat[pos] = bad
+        return case.copy(target=t.reshape(case.target.shape), purpose=f"target {bad} at position {pos}")
+    return mutate
+
+
+def _set(**changes):
+    def mutate(case: Case, draw) -> Case | None:
+        return case.copy(**changes, purpose=", ".join(f"{k}={v!r}" for k, v in changes.items()))
+    return mutate
+
+
+def _weight_wrong_length(case: Case, draw):
+    C = case.num_classes
+    n = draw(st.sampled_from([C + 1, max(C - 1, 0) if C > 1 else C + 2]), label="weight_length")
+    return case.copy(weight=np.ones(n, dtype=case.x.dtype), purpose=f"weight of length {n} for C={C}")
+
+
+def _weight_wrong_rank(case: Case, draw):
+    C = case.num_classes
+    return case.copy(weight=np.ones((C, 2), dtype=case.x.dtype), purpose=f"weight of shape ({C}, 2)")
+
+
+def _batch_size_mismatch(case: Case, draw):
+    if case.rank < 2 or case.target_kind != "index":
+        return None
+    t = np.asarray(case.target)
+    t2 = np.concatenate([t, t[:1] if t.shape[0] else np.zeros((1,) + t.shape[1:], dtype=t.dtype)], axis=0)
+    return case.copy(target=t2, upstream=None, purpose=f"target batch {t2.shape[0]} for input batch {t.shape[0]}")
+
+
+def _spatial_size_mismatch(case: Case, draw):
+    if case.rank < 3 or case.target_kind != "index":
+        return None
+    t = np.asarray(case.target)
+    t2 = np.concatenate([t, np.zeros(t.shape[:1] + (1,) + t.shape[2:], dtype=t.dtype)], axis=1)
+    return case.copy(target=t2, upstream=None, purpose=f"target shape {t2.shape} for input {case.x.shape}")
+
+
+def _prob_with_ignore(case: Case, draw):
+    if case.target_kind != "probability":
+        return None
+    ii = draw(st.integers(0, case.num_classes - 1), label="ignore_index")
+    return case.copy(ignore_index=ii, purpose=f"probability target with ignore_index={ii}")
+
+
+def _index_float(case: Case, draw):
+    if case.target_kind != "index" or case.rank < 2:
+        return None
+    return case.copy(target=np.asarray(case.target).astype(np.float32), purpose="class indices as float32")
+
+
+#: name -> (doc, function(case, draw) -> mutated case or None when it does not apply)
+MUTATIONS: dict[str, tuple[str, Callable]] = {
+    "target_at_least_C": ("a class index >= C", _replace_target_value(lambda C, ii: C if C != ii else C + 1)),
+    "target_negative_not_ignored": ("a negative class index other than ignore_index",
+                                    _replace_target_value(lambda C, ii: -2 if ii != -2 else -3)),
+    "label_smoothing_above_one": ("label_smoothing = 1.5", _set(label_smoothing=1.5)),
+    "label_smoothing_negative": ("label_smoothing = -0.1", _set(label_smoothing=-0.1)),
+    "label_smoothing_nan": ("label_smoothing = NaN", _set(label_smoothing=math.nan)),
+    "weight_wrong_length": ("a weight whose length is not C", _weight_wrong_length),
+    "weight_wrong_rank": ("a 2-D weight", _weight_wrong_rank),
+    "batch_size_mismatch": ("target batch size differs from the input's", _batch_size_mismatch),
+    "spatial_size_mismatch": ("target spatial size differs from the input's", _spatial_size_mismatch),
+    "probability_target_with_ignore_index": ("ignore_index >= 0 with probability targets", _prob_with_ignore),
+    "index_target_float_dtype": ("class indices given as float32", _index_float),
+    "reduction_unknown": ("reduction='average'", _set(reduction="average")),
+}
+
+#: Which target kind a mutation needs, so the strategy draws a case it applies to.
+MUTATION_NEEDS: dict[str, dict] = {
+    "target_at_least_C": {"target_kinds": ("index",)},
+    "target_negative_not_ignored": {"target_kinds": ("index",)},
+    "batch_size_mismatch": {"target_kinds": ("index",), "ranks": (2, 3, 4, 5)},
+    "spatial_size_mismatch": {"target_kinds": ("index",), "ranks": (3, 4, 5)},
+    "probability_target_with_ignore_index": {"target_kinds": ("probability",)},
+    "index_target_float_dtype": {"target_kinds": ("index",), "ranks": (2, 3, 4, 5)},
+}

@@ -1,0 +1,1 @@
+"""The specs as package data (this folder is installed as conformance.specs)."""
