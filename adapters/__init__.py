@@ -10,6 +10,8 @@ Layout (installed as ``conformance.adapters``; never import it as ``adapters``):
   with nn.CrossEntropyLoss's constructor ("torch-cpu", "torch-module-cpu", "torch-cuda").
 - :mod:`.jax_adapter`: a jitted JAX implementation ("jax-cpu", "jax-gpu") and a wrapper for
   any JAX function (``jax:pkg.module:attr``).
+- an adapter config file (``path/to/adapter.yaml``): any of the above plus declared
+  capabilities, variants and a known-divergence file (:mod:`conformance.adapter_config`).
 
 Frameworks are imported lazily: this package imports with NumPy alone, and an adapter whose
 framework or device is missing says why through ``unavailable()``.
@@ -37,7 +39,8 @@ BUILTINS: dict[str, Callable[[], Adapter]] = {
 DEFAULT_ADAPTERS = ["numpy", "torch-cpu", "jax-cpu", "torch-cuda", "jax-gpu"]
 
 _SYNTAX = ("a builtin name, 'pkg.module:attr' (a torch function, an nn.Module class or an "
-           "Adapter), 'jax:pkg.module:attr' or 'numpy:pkg.module:attr'")
+           "Adapter), 'jax:pkg.module:attr', 'numpy:pkg.module:attr' or an adapter config file "
+           "'path/to/adapter.yaml'")
 
 
 class AdapterError(ValueError):
@@ -76,7 +79,27 @@ def _is_torch_module_class(obj) -> bool:
 
 
 def resolve(spec: str) -> Adapter:
-    """The adapter named by ``spec``: see the module docstring for the accepted forms."""
+    """The adapter named by ``spec``: see the module docstring for the accepted forms, plus
+    an adapter config file (``path/to/adapter.yaml``, see conformance/adapter_config.py).
+    The result remembers how to build it again as ``source`` (``spec``; a config file's
+    absolute path): reproduction scripts and isolated child processes resolve that."""
+    adapter = _resolve(spec)
+    try:
+        adapter.source = getattr(adapter, "config_file", None) or spec
+    except AttributeError:  # an adapter with __slots__: the scripts fall back to its name
+        pass
+    return adapter
+
+
+def _resolve(spec: str) -> Adapter:
+    if spec.lower().endswith((".yaml", ".yml")):
+        from pathlib import Path
+
+        from conformance.adapter_config import adapter_from_config
+        if not Path(spec).is_file():
+            raise AdapterError(f"adapter config file {spec!r} does not exist; fix: check the path "
+                               f"(relative to the current folder {str(Path.cwd())!r})")
+        return adapter_from_config(spec)
     if spec in BUILTINS:
         return BUILTINS[spec]()
     prefix, _, rest = spec.partition(":")

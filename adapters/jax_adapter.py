@@ -227,7 +227,9 @@ def jax_cpu() -> JaxAdapter:
 
 
 def jax_gpu() -> JaxAdapter:
-    return JaxAdapter("jax-gpu", "gpu")
+    adapter = JaxAdapter("jax-gpu", "gpu")
+    adapter.cpu_twin = "jax-cpu"  # for the cross-device agreement check
+    return adapter
 
 
 def cross_entropy(x, target, weight=None, size_average=None, ignore_index=-100, reduce=None,

@@ -88,6 +88,9 @@ class TorchFunctionAdapter(Adapter):
     #: Error clauses that must never be sent: on CUDA an out-of-range target fires a
     #: device-side assert that poisons the CUDA context for the rest of the process.
     fatal_errors: frozenset[str] = frozenset()
+    #: Check kinds the engine runs in a child process (conformance.isolation): on CUDA an
+    #: out-of-range class index trips a device-side assert that poisons the context.
+    isolate_kinds: tuple[str, ...] = ()
 
     def __init__(self, fn: Callable, name: str, device: str = "cpu",
                  capabilities: Capabilities = Capabilities(), extras: dict[str, Callable] | None = None):
@@ -96,6 +99,8 @@ class TorchFunctionAdapter(Adapter):
         self.capabilities = replace(capabilities, extras=capabilities.extras | frozenset(self.extras))
         if device.startswith("cuda"):
             self.fatal_errors = frozenset({"target_out_of_range_high", "target_out_of_range_negative"})
+            self.isolate_kinds = ("error",)
+            self.cpu_twin = "torch-cpu"  # for the cross-device agreement check
 
     def unavailable(self) -> str | None:
         try:

@@ -53,6 +53,13 @@ class Context:
     judges: dict[str, Judge] = field(default_factory=dict)
     extra_specs: dict[str, Spec] = field(default_factory=dict)
 
+    def twin(self) -> Adapter:
+        """The CPU twin of a device adapter (``adapter.cpu_twin`` names a built-in)."""
+        if not hasattr(self, "_twin"):
+            from conformance.adapters import resolve
+            self._twin = resolve(self.adapter.cpu_twin)
+        return self._twin
+
     def __post_init__(self):
         self.vspec = self.spec.with_variants(self.adapter.capabilities.variants)
         self.oracle = Oracle(self.vspec)
@@ -371,6 +378,32 @@ def _decomposition(op: str):
     return example
 
 
+def _crossdevice(ctx: Context, draw) -> Outcome:
+    """The same inputs on the device and on the CPU twin: both within the spec's tolerance of
+    the oracle, and within the sum of their bounds of each other."""
+    cid = "crossdevice.cpu_agreement"
+    twin = ctx.twin()
+    case = _draw_case(ctx, draw, cid, legacy=False, gradient=True)
+    assume(twin.capabilities.unsupported(case, need_gradient=True) is None)
+    r1 = _call(ctx, cid, case, gradient=True)
+    out = _judge_call(ctx, cid, case, r1, gradient=True)
+    r2 = twin.call(case, gradient=True)
+    ev = ctx.oracle.evaluate(case, gradients=True)
+    b = 2 * ctx.judge.value_bound(ev, case.dtype)
+    v = ctx.judge.compare(r1.value, as_float64(r2.value), b, case.dtype, what=f"loss vs {twin.name}",
+                          clause="crossdevice.value")
+    if not v.ok:
+        raise CheckFailure(cid, v, case)
+    for wrt, g in r1.gradients.items():
+        if wrt in r2.gradients and wrt in ev.gradients:
+            gb = 2 * ctx.judge.gradient_bound(ev, wrt, case.dtype, case)
+            gv = ctx.judge.compare(g, as_float64(r2.gradients[wrt]), gb, case.dtype, what=f"gradient[{wrt}] vs {twin.name}",
+                                   clause="crossdevice.gradient", unspecified=ev.unspecified.get(wrt))
+            if not gv.ok:
+                raise CheckFailure(cid, gv, case)
+    return out
+
+
 # --------------------------------------------------------------------------- catalogue
 def catalogue(spec: Spec) -> list[Check]:
     """Every check the spec implies, in a stable order."""
@@ -400,6 +433,9 @@ def catalogue(spec: Spec) -> list[Check]:
                          _metamorphic(mid), {k: v["metamorphic"] for k, v in P.items()},
                          need_gradient=rel.relation == "gradient_rows_sum_to_zero", requires=rel.requires))
     if spec.operation == "cross_entropy":
+        out.append(Check("crossdevice.cpu_agreement", "crossdevice", "crossdevice",
+                         "a GPU adapter agrees with its CPU twin on the same inputs (both judged by the oracle)",
+                         _crossdevice, {k: v["gradient"] // 2 for k, v in P.items()}, requires=("cpu_twin",)))
         for op in ("log_softmax", "nll_loss"):
             out.append(Check(f"decomposition.{op}", "decomposition", f"{op}.yaml",
                              f"the adapter's {op} against specs/{op}.yaml", _decomposition(op),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-ERR = Console(stderr=True, highlight=False)
+ERR = Console(stderr=True, highlight=False, soft_wrap=True)  # no wrapping: messages are grepped in CI logs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,8 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the conformance suite and write reports")
-    r.add_argument("--adapter", action="append", default=[], metavar="NAME|IMPORT.PATH:ATTR",
-                   help="adapter under test (repeatable); default: every built-in whose framework is importable")
+    r.add_argument("--adapter", action="append", default=[], metavar="NAME|IMPORT.PATH:ATTR|CONFIG.yaml",
+                   help="adapter under test (repeatable): a builtin, pkg.module:attr, jax:/numpy:pkg.module:attr "
+                        "or an adapter config file (docs/gating.md); default: every built-in")
     r.add_argument("--profile", default="default", choices=["quick", "default", "thorough"])
     r.add_argument("--seed", type=int, default=None, help="Hypothesis seed")
     r.add_argument("--ci", action="store_true", help="derandomised: the same examples on every run")
@@ -100,6 +101,8 @@ def cmd_run(args) -> int:
     suite = Path(__file__).with_name("suite.py")
     pargs = [str(suite), "-p", "no:cacheprovider", "-q", "--no-header", "-rN", "--tb=no",
              f"--junitxml={out / 'junit.xml'}", "-o", "junit_family=xunit2", "-o", "console_output_style=count",
+             "-W", "ignore:record_property is incompatible:pytest.PytestWarning",
+             "-W", "ignore::pytest.PytestAssertRewriteWarning",
              f"--ce-profile={args.profile}", f"--ce-out={out}"]
     for a in args.adapter:
         pargs.append(f"--ce-adapter={a}")
@@ -123,6 +126,7 @@ def cmd_run(args) -> int:
             return 2
         pargs += ["-n", str(args.workers)]
     from . import pytest_plugin
+    pytest_plugin._STATE.clear()  # a fresh run: main() may be called more than once in a process
     pytest_plugin._STATE["argv"] = ["ce-conformance"] + (sys.argv[1:] if argv_is_cli() else [])
     code = pytest.main(pargs)
     results_file = out / "results.json"
@@ -186,7 +190,7 @@ def cmd_diff(args) -> int:
     fixed = sorted(i for i in n if n[i]["status"] in good and o.get(i, {}).get("status") in ("failed", "error"))
     added = sorted(set(n) - set(o))
     removed = sorted(set(o) - set(n))
-    con = Console(highlight=False)
+    con = Console(highlight=False, soft_wrap=True)
     for title, ids, style in (("broke", broke, "red"), ("fixed", fixed, "green"), ("new checks", added, "cyan"),
                               ("checks gone", removed, "yellow")):
         con.print(f"[{style}]{title}: {len(ids)}[/]")

@@ -168,7 +168,7 @@ class Judge:
                 v.actual = _scalar(a[idx])
         if not v.ok:
             idx = v.worst_index
-            ev_, av_ = e[idx], a[idx]
+            ev_, av_ = float(e[idx]), float(a[idx])
             n_bad = int(np.count_nonzero(~ok))
             where = f" at index {list(idx)}" if e.ndim else ""
             if np.isnan(ev_) or np.isinf(ev_):

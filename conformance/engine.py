@@ -88,12 +88,20 @@ def case_inputs_npz(case) -> bytes:
 
 
 def run_check(ctx: Context, check: Check, *, seed: int | None = None, derandomize: bool = False,
-              database_dir: str | None = None) -> CheckResult:
-    """Run ``check`` for ``ctx.adapter`` and return its result; never raises for adapter faults."""
+              database_dir: str | None = None, isolate: bool = True) -> CheckResult:
+    """Run ``check`` for ``ctx.adapter`` and return its result; never raises for adapter faults.
+
+    Check kinds the adapter lists in ``isolate_kinds`` run in a child process
+    (:mod:`conformance.isolation`), so that a crash or a poisoned CUDA context stays there."""
+    if isolate and check.kind in getattr(ctx.adapter, "isolate_kinds", ()):
+        from .isolation import run_isolated
+        return run_isolated(getattr(ctx.adapter, "source", ctx.adapter.name), check, profile=ctx.profile,
+                            seed=seed, spec_file=ctx.spec.file)
     caps = ctx.adapter.capabilities
     res = CheckResult(ctx.adapter.name, check.id, check.kind, check.clause, check.description, "passed",
                       severity=check.severity)
-    missing = [r for r in check.requires if r not in caps.extras]
+    missing = [r for r in check.requires
+               if r not in caps.extras and not (r == "cpu_twin" and getattr(ctx.adapter, "cpu_twin", None))]
     if missing:
         res.status, res.message = "not_supported", f"the adapter exposes no {', '.join(missing)}"
         return res

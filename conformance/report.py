@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 
 from . import results as _results
 
@@ -66,8 +67,19 @@ def _text(v: Any) -> str:
     return json.dumps(v, indent=1, default=str)
 
 
+def _compact(v: Any, depth: int = 0) -> str:
+    """JSON indented by object, with lists of scalars (shapes, values) kept on one line."""
+    pad, inner = "  " * depth, "  " * (depth + 1)
+    if isinstance(v, dict) and v:
+        items = [f"{inner}{json.dumps(str(k))}: {_compact(x, depth + 1)}" for k, x in v.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(v, (list, tuple)) and v and any(isinstance(x, (dict, list, tuple)) for x in v):
+        return "[\n" + ",\n".join(inner + _compact(x, depth + 1) for x in v) + "\n" + pad + "]"
+    return json.dumps(v, default=str, allow_nan=True)
+
+
 def _pretty(v: Any) -> str:
-    s = json.dumps(v, indent=2, default=str, allow_nan=True)
+    s = _compact(v)
     return s if len(s) <= MAX_TEXT else s[:MAX_TEXT] + "\n... (truncated)"
 
 
@@ -108,7 +120,11 @@ def _svg_hist(values: list[float], title: str) -> str:
                 bins = np.logspace(math.log10(lo), math.log10(hi), 30)
                 ax.set_xscale("log")
             else:
-                bins = 30
+                import numpy as np
+
+                # bins over [0, hi], not over the data's own (possibly tiny) range: a sliver
+                # of 30 bins squeezed near 0 on an axis that runs to the bound is invisible
+                bins = np.linspace(0.0, hi, 31)
             ax.hist(pos, bins=bins, color="#4878a8")
         ax.axvline(1.0, color="#c03030", linestyle="--", linewidth=1)
         ax.set_title(f"{title} ({len(vals)} values, {zeros} exact)", fontsize=8)
@@ -206,12 +222,29 @@ def _context(header: dict[str, Any], merged: dict[str, dict[str, Any]], base: di
     }
 
 
+def _num(v: Any, digits: int = 4) -> Any:
+    """A float shown to ``digits`` significant digits (full precision stays in a title); others as they are."""
+    if isinstance(v, bool) or not isinstance(v, float):
+        return "" if v is None or isinstance(v, jinja2.Undefined) else v
+    if not math.isfinite(v):
+        return str(v)
+    return f"{v:.{digits}g}"
+
+
+def _wbr(v: Any) -> markupsafe.Markup:
+    """``v`` escaped, with a line-break opportunity after each '.', '_' and ':' (long ids wrap there)."""
+    return markupsafe.Markup(re.sub(r"([._:])", r"\1<wbr>", str(markupsafe.escape(str(v)))))
+
+
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("conformance", "templates"),
         autoescape=True, trim_blocks=True, lstrip_blocks=True,
         undefined=jinja2.ChainableUndefined,
     )
+    env.filters["num"] = _num
+    env.filters["wbr"] = _wbr
+    return env
 
 
 def render(files: list[str], out_dir: Path) -> Path:

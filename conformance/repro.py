@@ -17,7 +17,8 @@ from .results import safe_name
 _TEMPLATE = '''#!/usr/bin/env python3
 """Reproduce {rid}: {message}
 
-Run: python {filename}   (needs ce-conformance installed, and the adapter's framework)
+Run: python {filename}   (needs ce-conformance installed, the adapter's framework, and the
+adapter's module importable: set PYTHONPATH as for the run)
 Exit 1 while the failure reproduces, 0 once it is gone.
 """
 import base64, io, json, sys
@@ -39,14 +40,17 @@ sys.exit(recheck(ADAPTER, CHECK, case, spec_file=SPEC))
 '''
 
 
-def write_repro(out_dir: Path, result: dict[str, Any], npz: bytes, *, spec_file: str) -> Path:
+def write_repro(out_dir: Path, result: dict[str, Any], npz: bytes, *, spec_file: str,
+                adapter_spec: str | None = None) -> Path:
+    """Write ``repro/repro_<id>.py`` under ``out_dir``; ``adapter_spec`` is what resolve()
+    takes to rebuild the adapter (default: the result's adapter name)."""
     ce = (result.get("failure") or {}).get("counterexample") or {}
     options = {k: ce.get(k) for k in ("reduction", "ignore_index", "label_smoothing", "legacy", "purpose")}
     b64 = base64.b64encode(npz).decode()
     blob = "\n".join(f"    {b64[i:i + 96]!r}" for i in range(0, len(b64), 96)) or "    ''"
     name = f"repro_{safe_name(result['id'])}.py"
     text = _TEMPLATE.format(rid=result["id"], message=(result.get("message") or "").replace('"""', "'''")[:300],
-                            filename=name, adapter=result["adapter"], check=result["check"], spec=spec_file,
+                            filename=name, adapter=adapter_spec or result["adapter"], check=result["check"], spec=spec_file,
                             options=json.dumps(options), blob=blob)
     folder = out_dir / "repro"
     folder.mkdir(parents=True, exist_ok=True)

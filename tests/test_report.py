@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -150,14 +151,144 @@ def test_real_run(real_run):
     assert index.stat().st_size < 2 * 1024 * 1024
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed: headless DOM check skipped")
-def test_chromium_dom(page):
-    _, out, _ = page
-    proc = subprocess.run(
-        [shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", out.resolve().as_uri()],
+# --- the page in a real headless browser -------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium not installed (apt-get install chromium): headless browser checks skipped")
+# the network is closed here: without these chromium waits on connections it cannot make
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars"]
+# with --enable-logging=stderr every console message of the page (console.log/warn/error alike,
+# uncaught exceptions, CSP violations) comes out as `[...:INFO:CONSOLE:1] "text", source: URL (1)`
+# (older builds: `INFO:CONSOLE(1)`); the page itself never logs, so any such line is a failure
+CONSOLE = re.compile(r"CONSOLE[:(]|Uncaught")
+
+
+def _chromium(url: str, *args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    profile = tmp_path / f"chromium-profile-{len(list(tmp_path.glob('chromium-profile-*')))}"
+    profile.mkdir()
+    return subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args, url],
         capture_output=True, text=True, timeout=60,
     )
+
+
+def _console(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if CONSOLE.search(line)]
+
+
+class _Dom(HTMLParser):
+    """The elements of a dumped DOM: (tag, attributes, classes)."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.els: list[tuple[str, dict[str, str | None], set[str]]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        d = dict(attrs)
+        self.els.append((tag, d, set((d.get("class") or "").split())))
+
+    def find(self, tag: str, cls: str | None = None, **attrs: str):
+        return [(d, c) for t, d, c in self.els if t == tag and (cls is None or cls in c)
+                and all(d.get(k.replace("_", "-")) == v for k, v in attrs.items())]
+
+
+def _hidden(d: dict, c: set) -> bool:
+    hidden = "hidden" in d
+    assert hidden == ("hidden" in c), (d, c)  # attribute and class agree
+    return hidden
+
+
+@needs_chromium
+def test_browser_console_check_can_fail(tmp_path):
+    """The console assertion below is only worth something if it sees a page's errors."""
+    page = tmp_path / "bad.html"
+    page.write_text('<!DOCTYPE html><html><head><meta http-equiv="Content-Security-Policy" '
+                    "content=\"default-src 'none'; script-src 'unsafe-inline'\"></head><body>"
+                    '<script>console.error("deliberate-error");</script>'
+                    '<script>throw new Error("deliberate-throw");</script></body></html>')
+    proc = _chromium(page.as_uri(), "--dump-dom", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = _console(proc)
+    assert any("deliberate-error" in line for line in lines), proc.stderr[-3000:]
+    assert any("Uncaught" in line and "deliberate-throw" in line for line in lines), proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def browser_run(tmp_path_factory):
+    """A real run with two adapters and failures: with no known divergences, torch's accepted
+    NaN / negative label_smoothing fail."""
+    pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("browser_run")
+    known = out / "no-known.yaml"
+    known.write_text("known: []\n")
+    rc = cli.main(["run", "--adapter", "numpy", "--adapter", "torch-cpu", "--profile", "quick", "--ci",
+                   "--check", "forward", "--check", "error.label", "--out", str(out / "reports"),
+                   "--known", str(known)])
+    return rc, out / "reports" / "index.html"
+
+
+@needs_chromium
+def test_browser_real_report(browser_run, tmp_path):
+    rc, index = browser_run
+    assert rc == 1, "the run should have failures (torch accepts a NaN label_smoothing)"
+    assert index.stat().st_size < 2 * 1024 * 1024
+    adapters = ["numpy", "torch-cpu"]
+
+    proc = _chromium(index.as_uri(), "--dump-dom", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not _console(proc), _console(proc)
+    dom = _Dom(proc.stdout)
+    for a in adapters:
+        assert dom.find("th", "col", data_adapter=a), f"{a} missing from the matrix header"
+        assert dom.find("td", "cell", data_adapter=a), f"{a} has no matrix cells"
+    cells = dom.find("td", "cell")
+    assert {d.get("data-status") for d, _ in cells} >= {"passed", "failed"}
+    assert not any(_hidden(d, c) for d, c in cells + dom.find("tr", "mrow")), "unfiltered page hides something"
+    assert dom.find("section", "failure", data_status="failed")
+
+    # a filter from the URL fragment changes what is shown
+    proc = _chromium(index.as_uri() + "#status=failed", "--dump-dom", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not _console(proc), _console(proc)
+    dom = _Dom(proc.stdout)
+    passed = dom.find("td", "cell", data_status="passed")
+    failed = dom.find("td", "cell", data_status="failed")
+    assert passed and failed
+    assert all(_hidden(d, c) for d, c in passed), "passed cells still shown under #status=failed"
+    assert not any(_hidden(d, c) for d, c in failed), "failed cells hidden under #status=failed"
+    rows = dom.find("tr", "mrow")
+    shown = [d["data-check"] for d, c in rows if not _hidden(d, c)]
+    assert shown and len(shown) < len(rows)
+    assert all("error.label_smoothing" in ch for ch in shown), shown
+    sections = dom.find("section", "failure")
+    assert sections and not any(_hidden(d, c) for d, c in sections)
+
+    # adapter and status together: numpy's column goes, torch-cpu's passed cells stay, no failure is shown
+    proc = _chromium(index.as_uri() + "#adapter=torch-cpu&status=passed", "--dump-dom", tmp_path=tmp_path)
+    assert not _console(proc), _console(proc)
+    dom = _Dom(proc.stdout)
+    assert all(_hidden(d, c) and "col-hidden" in c for d, c in dom.find("td", "cell", data_adapter="numpy"))
+    assert all(_hidden(d, c) for d, c in dom.find("th", "col", data_adapter="numpy"))
+    assert not any(_hidden(d, c) for d, c in dom.find("th", "col", data_adapter="torch-cpu"))
+    assert all(_hidden(d, c) for d, c in dom.find("section", "failure"))
+
+    # a screenshot a person can look at (kept next to the report)
+    shot = index.parent / "screenshot.png"
+    proc = _chromium(index.as_uri(), f"--screenshot={shot}", "--window-size=1400,2000", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@needs_chromium
+def test_chromium_dom(page, tmp_path):
+    _, out, _ = page
+    proc = _chromium(out.resolve().as_uri(), "--dump-dom", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not _console(proc), _console(proc)
     dom = proc.stdout
     assert 'id="matrix"' in dom
     assert "check0.passed" in dom

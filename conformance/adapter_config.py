@@ -1,0 +1,246 @@
+"""Adapter configuration files: a YAML file that names an implementation and declares what it
+supports, so that a third-party loss can be gated without writing Python for it.
+
+``resolve("path/to/adapter.yaml")`` (and so ``ce-conformance run --adapter path/to/adapter.yaml``)
+reads one of these::
+
+    name: my-loss                    # the adapter's name in results (default: the file's stem)
+    import: mypkg.losses:cross_entropy   # anything resolve() accepts, except another .yaml
+    device: cpu                      # cpu, cuda, cuda:N, gpu (JAX), ...
+    unsupported: [weight, label_smoothing]   # feature names (adapters/base.py ALL_FEATURES)
+    dtypes: [float32, float64]       # replaces the adapter's own list
+    ranks: [2]                       # input ranks, 1 = unbatched (C,)
+    variants: [all_ignored_mean_zero]  # names from the spec's `variants:` section
+    raises_on_invalid: true          # false: invalid *data* cannot raise (jitted code)
+    max_classes: 1000
+    known: my-loss.known.yaml        # known-divergence file, relative to this file
+
+Keys left out keep what the imported adapter declares. The config's folder is put on
+``sys.path`` first, so ``import: my_adapter:MyAdapter`` finds ``my_adapter.py`` next to it.
+Every error names the file and line and says how to fix it (unknown keys get a did-you-mean).
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from conformance.adapters import AdapterError
+from conformance.adapters.base import ALL_FEATURES, Adapter
+
+KEYS = ("name", "import", "device", "unsupported", "dtypes", "ranks", "variants", "raises_on_invalid",
+        "max_classes", "known")
+CONFIG_SUFFIXES = (".yaml", ".yml")
+_DEVICE = re.compile(r"^(cpu|gpu|tpu|mps|xpu|cuda(:\d+)?)$")
+_NAME = re.compile(r"^[A-Za-z0-9_.:+@-]+$")
+
+
+class AdapterConfigError(AdapterError):
+    """A config file that cannot be used; the message names file:line and the fix."""
+
+    def __init__(self, file: str, line: int | None, message: str, fix: str = ""):
+        self.file, self.line, self.message, self.fix = file, line, message, fix
+        super().__init__(f"{file}{f':{line}' if line else ''}: {message}" + (f"; fix: {fix}" if fix else ""))
+
+
+def is_config_name(spec: str) -> bool:
+    return spec.lower().endswith(CONFIG_SUFFIXES)
+
+
+# --------------------------------------------------------------------------- YAML with lines
+def load_with_lines(path: str | Path, *, what: str) -> tuple[Any, dict[tuple, int]]:
+    """The document at ``path`` and the 1-based line of every key/item, keyed by its path
+    (tuple of keys and list indices; the key itself for mappings)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise AdapterConfigError(str(path), None, f"cannot read {what}: {exc.strerror}",
+                                 "check the path (relative paths start from the current folder)") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise AdapterConfigError(str(path), mark.line + 1 if mark else None,
+                                 f"not valid YAML ({getattr(exc, 'problem', None) or exc})",
+                                 "fix the YAML syntax at that line") from None
+    lines: dict[tuple, int] = {}
+
+    def walk(n, at: tuple):
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                key = k.value
+                lines[at + (key,)] = k.start_mark.line + 1
+                walk(v, at + (key,))
+        elif isinstance(n, yaml.SequenceNode):
+            for i, v in enumerate(n.value):
+                lines[at + (i,)] = v.start_mark.line + 1
+                walk(v, at + (i,))
+
+    if node is not None:
+        walk(node, ())
+    return doc, lines
+
+
+def did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --------------------------------------------------------------------------- the config
+def _spec_vocabulary():
+    from conformance.spec import load_default
+
+    spec = load_default()
+    return spec.domains["dtypes"], spec.domains["ranks"], list(spec.variants)
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Validate an adapter config and return it with ``known`` made absolute."""
+    f = str(path)
+    doc, lines = load_with_lines(path, what="adapter config")
+    if not isinstance(doc, dict):
+        raise AdapterConfigError(f, 1, "an adapter config is a mapping with at least an 'import' key",
+                                 "see docs/gating.md, e.g. 'import: mypkg.losses:cross_entropy'")
+
+    def err(key, message, fix, *, index=None):
+        at = (key,) if index is None else (key, index)
+        return AdapterConfigError(f, lines.get(at, lines.get((key,))), message, fix)
+
+    for k in doc:
+        if k not in KEYS:
+            raise err(k, f"unknown key {k!r}{did_you_mean(k, KEYS)}", f"use one of {', '.join(KEYS)}")
+    if "import" not in doc:
+        raise AdapterConfigError(f, 1, "missing key 'import'",
+                                 "add 'import: pkg.module:attr' (or jax:/numpy: prefixed, or a builtin name)")
+    imp = doc["import"]
+    if not isinstance(imp, str) or not imp.strip():
+        raise err("import", "'import' must be a string", "write e.g. 'import: mypkg.losses:cross_entropy'")
+    if is_config_name(imp):
+        raise err("import", f"'import' names another config file ({imp})",
+                  "name the implementation itself ('pkg.module:attr' or a builtin)")
+    out: dict[str, Any] = {"file": str(Path(path).resolve()), "import": imp.strip(),
+                           "import_line": lines.get(("import",))}
+
+    name = doc.get("name", Path(path).stem)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise err("name", f"'name' must be a word of letters, digits and ._:+@- (got {name!r})",
+                  "write e.g. 'name: my-loss'")
+    out["name"] = name
+
+    if "device" in doc:
+        dev = doc["device"]
+        if not isinstance(dev, str) or not _DEVICE.match(dev):
+            raise err("device", f"unknown device {dev!r}{did_you_mean(dev, ['cpu', 'cuda', 'gpu', 'tpu', 'mps'])}",
+                      "use cpu, cuda, cuda:N (torch), gpu or tpu (JAX)")
+        out["device"] = dev
+
+    if "unsupported" in doc:
+        feats = _str_list(doc["unsupported"], "unsupported", err)
+        for i, x in enumerate(feats):
+            if x not in ALL_FEATURES:
+                raise err("unsupported", f"unknown feature {x!r}{did_you_mean(x, ALL_FEATURES)}",
+                          f"use names from {', '.join(sorted(ALL_FEATURES))}", index=i)
+        out["unsupported"] = feats
+
+    dtypes, ranks, variants = _spec_vocabulary()
+    if "dtypes" in doc:
+        ds = _str_list(doc["dtypes"], "dtypes", err)
+        for i, x in enumerate(ds):
+            if x not in dtypes:
+                raise err("dtypes", f"unknown dtype {x!r}{did_you_mean(x, dtypes)}",
+                          f"use names from {', '.join(dtypes)}", index=i)
+        if not ds:
+            raise err("dtypes", "'dtypes' is empty", "list at least one dtype")
+        out["dtypes"] = ds
+    if "ranks" in doc:
+        rs = doc["ranks"]
+        if not isinstance(rs, list) or not rs or not all(isinstance(r, int) and not isinstance(r, bool) for r in rs):
+            raise err("ranks", "'ranks' must be a non-empty list of integers", "write e.g. 'ranks: [1, 2, 3]'")
+        for i, r in enumerate(rs):
+            if r not in ranks:
+                raise err("ranks", f"rank {r} is outside the spec's ranks {ranks}",
+                          "input ranks count the class axis: 1 is an unbatched (C,), 2 is (N, C)", index=i)
+        out["ranks"] = rs
+    if "variants" in doc:
+        vs = _str_list(doc["variants"], "variants", err)
+        for i, x in enumerate(vs):
+            if x not in variants:
+                raise err("variants", f"unknown variant {x!r}{did_you_mean(x, variants)}",
+                          f"use names from the spec's variants: section ({', '.join(variants)})", index=i)
+        out["variants"] = vs
+    if "raises_on_invalid" in doc:
+        if not isinstance(doc["raises_on_invalid"], bool):
+            raise err("raises_on_invalid", "'raises_on_invalid' must be true or false",
+                      "write 'raises_on_invalid: false' for code that cannot raise on data (jitted)")
+        out["raises_on_invalid"] = doc["raises_on_invalid"]
+    if "max_classes" in doc:
+        m = doc["max_classes"]
+        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 1):
+            raise err("max_classes", f"'max_classes' must be a positive integer or null (got {m!r})",
+                      "write e.g. 'max_classes: 1000'")
+        out["max_classes"] = m
+    if "known" in doc:
+        k = doc["known"]
+        if not isinstance(k, str):
+            raise err("known", "'known' must be a path", "write e.g. 'known: my-loss.known.yaml'")
+        kp = (Path(path).parent / k).resolve()
+        if not kp.is_file():
+            raise err("known", f"known-divergence file {str(kp)!r} does not exist",
+                      "the path is relative to the config file's folder")
+        out["known"] = str(kp)
+    return out
+
+
+def _str_list(value, key, err) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise err(key, f"'{key}' must be a list of names", f"write e.g. '{key}: [a, b]'")
+    return list(value)
+
+
+def adapter_from_config(path: str | Path) -> Adapter:
+    """The adapter a config file describes (its capabilities adjusted as declared)."""
+    from conformance.adapters import resolve
+
+    cfg = load_config(path)
+    folder = str(Path(cfg["file"]).parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    try:
+        base = resolve(cfg["import"])
+    except AdapterError as exc:
+        raise AdapterConfigError(str(path), cfg["import_line"], f"import: {exc}") from None
+    a = copy.copy(base)
+    a.name = cfg["name"]
+    if "device" in cfg:
+        a.device = cfg["device"]
+        if cfg["device"].startswith("cuda") and hasattr(a, "fatal_errors"):
+            # as TorchFunctionAdapter's constructor does: a CUDA device-side assert is fatal
+            a.fatal_errors = frozenset({"target_out_of_range_high", "target_out_of_range_negative"})
+    caps = a.capabilities
+    changes: dict[str, Any] = {}
+    if "unsupported" in cfg:
+        changes["features"] = frozenset(caps.features) - frozenset(cfg["unsupported"])
+    if "dtypes" in cfg:
+        changes["dtypes"] = frozenset(cfg["dtypes"])
+    if "ranks" in cfg:
+        changes["ranks"] = frozenset(cfg["ranks"])
+    if "variants" in cfg:
+        changes["variants"] = frozenset(cfg["variants"])
+    if "raises_on_invalid" in cfg:
+        changes["raises_on_invalid"] = cfg["raises_on_invalid"]
+    if "max_classes" in cfg:
+        changes["max_classes"] = cfg["max_classes"]
+    a.capabilities = replace(caps, **changes)
+    a.config_file = cfg["file"]
+    a.known_files = [cfg["known"]] if "known" in cfg else []
+    return a

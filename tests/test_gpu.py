@@ -1,0 +1,47 @@
+"""GPU adapters without a GPU: they import, skip with a reason, and the cross-device check's
+logic runs on the CPU with a CPU adapter standing in for the device one."""
+import pytest
+
+pytest.importorskip("torch")
+
+from conformance.adapters import resolve  # noqa: E402
+from conformance.adapters.torch_adapter import TorchFunctionAdapter  # noqa: E402
+from conformance.checks import Context, catalogue  # noqa: E402
+from conformance.engine import run_check  # noqa: E402
+from conformance.spec import load_default  # noqa: E402
+
+SPEC = load_default()
+CHECK = next(c for c in catalogue(SPEC) if c.id == "crossdevice.cpu_agreement")
+
+
+def test_gpu_adapters_skip_with_a_reason_here():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: this test is for machines without one")
+    assert "CUDA" in resolve("torch-cuda").unavailable()
+    assert resolve("torch-cuda").isolate_kinds == ("error",)
+    assert resolve("jax-gpu").unavailable()
+
+
+def test_crossdevice_agreement_passes_for_a_correct_twin():
+    a = resolve("torch-module-cpu")
+    a.cpu_twin = "torch-cpu"
+    r = run_check(Context(SPEC, a, profile="quick"), CHECK, seed=0)
+    assert r.status in ("passed", "failed")
+    if r.status == "failed":  # only torch's known float16 overflow may show up
+        assert "is finite in float16" in r.message
+
+
+def test_crossdevice_agreement_fails_for_a_device_that_drifts():
+    import planted
+
+    a = TorchFunctionAdapter(planted.off_by_3e4, "drifting-device")
+    a.cpu_twin = "torch-cpu"
+    r = run_check(Context(SPEC, a, profile="quick"), CHECK, seed=0)
+    assert r.status == "failed"
+
+
+def test_crossdevice_is_not_supported_without_a_twin():
+    r = run_check(Context(SPEC, resolve("numpy"), profile="quick"), CHECK, seed=0)
+    assert r.status == "not_supported" and "cpu_twin" in r.message

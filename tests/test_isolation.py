@@ -1,0 +1,43 @@
+"""Crash isolation: error checks of an adapter that ends its process on invalid input run in
+a child process; the verdict is recorded and the parent run goes on."""
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from conformance.adapters import resolve  # noqa: E402
+from conformance.checks import Context, catalogue  # noqa: E402
+from conformance.engine import run_check  # noqa: E402
+from conformance.spec import load_default  # noqa: E402
+
+TESTS = str(Path(__file__).parent)
+
+
+@pytest.fixture
+def ctx(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    adapter = resolve("aborting:AbortingAdapter")
+    adapter.source = "aborting:AbortingAdapter"
+    spec = load_default()
+    return Context(spec, adapter, profile="quick", extra_specs={op: load_default(op) for op in ("log_softmax", "nll_loss")})
+
+
+def test_an_abort_on_invalid_input_is_isolated_and_recorded(ctx):
+    checks = {c.id: c for c in catalogue(ctx.spec)}
+    r = run_check(ctx, checks["error.target_out_of_range_high"], seed=0)
+    assert r.status == "passed"
+    assert "rejected by ending the process" in r.message and "-6" in r.message
+    # the parent is alive and goes on: a forward check in this process still runs
+    r2 = run_check(ctx, checks["forward.index"], seed=0)
+    assert r2.status in ("passed", "failed") and r2.examples > 0
+
+
+def test_a_child_that_reports_comes_back_with_its_verdict(ctx):
+    checks = {c.id: c for c in catalogue(ctx.spec)}
+    r = run_check(ctx, checks["error.label_smoothing_negative"], seed=0)
+    # torch underneath accepts it: the child reports a failure, with the counterexample
+    assert r.status == "failed" and "isolated process" in r.message
+    assert r.failure["counterexample"]["label_smoothing"] == -0.1
+    assert r.failure_inputs
