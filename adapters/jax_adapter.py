@@ -73,8 +73,63 @@ def _rows(a, ct):
     return a.reshape(1, -1) if a.ndim == 1 else jnp.moveaxis(a, 1, -1).reshape(-1, a.shape[1])
 
 
+def _pad(a: np.ndarray, rows: int, value) -> np.ndarray:
+    """``a`` with its first axis padded to ``rows`` with ``value``."""
+    out = np.full((rows,) + a.shape[1:], value, dtype=a.dtype)
+    out[:a.shape[0]] = a
+    return out
+
+
 def _none_shape(shape) -> tuple[int, ...]:
     return () if len(shape) == 1 else (shape[0],) + tuple(shape[2:])
+
+
+def _bucket(P: int) -> int:
+    """Positions are padded up to a power of two (at least 8), so that the many shapes a
+    property-based run draws share a few compiled functions."""
+    return max(8, 1 << max(0, int(P - 1).bit_length()))
+
+
+def _padded_loss(xr, target, w, ignore_index, eps, p_real, row_ok, *, path: str, reduction: str,
+                 smoothing: bool):
+    """The loss on canonical rows (Pb, C), padded rows masked out by ``row_ok``; traced under
+    jit. 'none' returns every row's loss (the caller slices and reshapes)."""
+    import jax
+    import jax.numpy as jnp
+
+    out_dtype = xr.dtype
+    ct = _compute_dtype(xr.dtype)
+    x = xr.astype(ct)
+    C = x.shape[1]
+    w = w.astype(ct)
+    eps = eps.astype(ct)
+    lp = jax.nn.log_softmax(x, axis=1)
+    if path == "index":
+        t = target.astype(jnp.int64)
+        valid = (t != ignore_index) & row_ok
+        bad = valid & ((t < 0) | (t >= C))
+        tc = jnp.where(valid & ~bad, t, 0)
+        wt = jnp.where(valid, w[tc], 0)
+        raw = wt * -jnp.take_along_axis(lp, tc[:, None], axis=1)[:, 0]
+        # eps is a runtime value: the smoothing term is selected, not multiplied by 0, so that
+        # eps = 0 with a -inf logit stays finite (no 0 * inf)
+        raw = jnp.where(eps > 0, (1 - eps) * raw + eps / C * -jnp.sum(w * lp, axis=1), raw)
+        # An out-of-range index cannot raise under jit: its position (and so sum and mean)
+        # becomes NaN, gradient included.
+        l = jnp.where(valid, raw * jnp.where(bad, jnp.nan, 1), 0)
+        den = jnp.sum(jnp.where(bad, jnp.nan, wt))
+    else:
+        y = target.astype(ct)
+        q = jnp.where(eps > 0, (1 - eps) * y + eps / C, y)
+        l = jnp.where(row_ok, -jnp.sum(w * q * lp, axis=1), 0)
+        den = p_real.astype(ct)
+    if reduction == "none":
+        out = l
+    elif reduction == "sum":
+        out = jnp.sum(l)
+    else:  # den = 0 gives NaN as in torch, which divides each term by den (not inf)
+        out = jnp.sum(l) / den + jnp.where(den == 0, jnp.nan, 0)
+    return out.astype(out_dtype)
 
 
 def _loss(x, target, weight, ignore_index, eps, *, path: str, reduction: str, smoothing: bool):
@@ -144,16 +199,17 @@ class JaxAdapter(Adapter):
         self.cache_misses += 1
         import jax
 
-        def forward(x, target, weight, ignore_index, eps):
-            return _loss(x, target, weight, ignore_index, eps, path=path, reduction=reduction,
-                         smoothing=smoothing)
+        def forward(x, target, weight, ignore_index, eps, p_real, row_ok):
+            return _padded_loss(x, target, weight, ignore_index, eps, p_real, row_ok, path=path,
+                                reduction=reduction, smoothing=smoothing)
 
-        def with_gradient(x, target, weight, ignore_index, eps, g):
+        def with_gradient(x, target, weight, ignore_index, eps, p_real, row_ok, g):
+            rest = (weight, ignore_index, eps, p_real, row_ok)
             if path == "probability":
-                out, vjp = jax.vjp(lambda a, b: forward(a, b, weight, ignore_index, eps), x, target)
+                out, vjp = jax.vjp(lambda a, b: forward(a, b, *rest), x, target)
                 gx, gy = vjp(g)
                 return out, {"input": gx, "target": gy}
-            out, vjp = jax.vjp(lambda a: forward(a, target, weight, ignore_index, eps), x)
+            out, vjp = jax.vjp(lambda a: forward(a, target, *rest), x)
             return out, {"input": vjp(g)[0]}
 
         fn = jax.jit(with_gradient if gradient else forward)
@@ -167,19 +223,35 @@ class JaxAdapter(Adapter):
                                None if case.weight is None else case.weight.shape, reduction=reduction,
                                ignore_index=case.ignore_index, label_smoothing=case.label_smoothing)
         smoothing = float(case.label_smoothing) > 0
-        key = (self.device, case.x.shape, str(case.x.dtype), case.target.shape, str(case.target.dtype),
-               None if case.weight is None else (case.weight.shape, str(case.weight.dtype)),
-               path, reduction, smoothing, gradient)
+        C, P = case.num_classes, case.positions
+        Pb = _bucket(P)
+        xr = _pad(case.to_rows(case.x), Pb, 0)
+        if path == "index":
+            tr = _pad(np.asarray(case.target).astype(np.int64).reshape(-1), Pb, case.ignore_index)
+        else:
+            tr = _pad(case.to_rows(case.target), Pb, 0)
+        w = case.weight if case.weight is not None else np.ones(C, dtype=case.x.dtype)
+        row_ok = np.arange(Pb) < P
+        key = (self.device, Pb, C, str(case.x.dtype), str(tr.dtype), str(w.dtype), path, reduction, gradient)
         fn = self._compiled_for(key, path, reduction, smoothing, gradient)
-        args = [self._put(case.x), self._put(case.target), self._put(case.weight),
-                np.int64(case.ignore_index), np.float64(case.label_smoothing)]
+        args = [self._put(xr), self._put(tr), self._put(w), np.int64(case.ignore_index),
+                np.float64(case.label_smoothing), np.float64(P), self._put(row_ok)]
         warned = [legacy_warning(reduction)] if any(v is not None for v in legacy.values()) else []
+
+        def value(out):
+            out = np.asarray(out)
+            return out[:P].reshape(case.none_shape) if reduction == "none" else out
+
         if not gradient:
-            return Result(np.asarray(fn(*args)), {}, warned)
-        shape = _none_shape(case.x.shape) if reduction == "none" else ()
-        up = np.asarray(case.upstream).reshape(shape) if case.upstream is not None else np.ones(shape)
-        out, grads = fn(*args, self._put(np.asarray(up).astype(case.x.dtype)))
-        return Result(np.asarray(out), {k: np.asarray(v) for k, v in grads.items()}, warned)
+            return Result(value(fn(*args)), {}, warned)
+        if reduction == "none":
+            g = np.zeros(Pb, dtype=case.x.dtype)
+            g[:P] = (np.asarray(case.upstream).reshape(-1) if case.upstream is not None else 1)
+        else:
+            g = (np.asarray(case.upstream).reshape(()) if case.upstream is not None else np.ones(())).astype(case.x.dtype)
+        out, grads = fn(*args, self._put(g))
+        back = {k: case.from_canonical(np.asarray(v)[:P], "elementwise") for k, v in grads.items()}
+        return Result(value(out), back, warned)
 
     # ------------------------------------------------------------------ decomposition extras
     def log_softmax(self, x: np.ndarray, axis: int) -> np.ndarray:

@@ -120,6 +120,10 @@ class Case:
             env["t"] = np.asarray(self.target).astype(np.int64).reshape(-1, 1)
         return env
 
+    def to_rows(self, a: np.ndarray) -> np.ndarray:
+        """An input-shaped array (logits, probabilities) as (P, C) rows, keeping its dtype."""
+        return np.ascontiguousarray(np.moveaxis(np.asarray(a), self.class_axis, -1).reshape(-1, self.num_classes))
+
     def from_canonical(self, a: np.ndarray, what: str) -> np.ndarray:
         """Inverse of :meth:`canonical` for a per-position ('none') or per-element array."""
         a = np.asarray(a)

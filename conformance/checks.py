@@ -90,6 +90,8 @@ class Check:
     #: An extra operation the adapter must expose ("log_softmax", "nll_loss").
     requires: tuple[str, ...] = ()
     formula: str = ""
+    #: Adapter features (adapters/base.py ALL_FEATURES) without which the check means nothing.
+    features: frozenset[str] = frozenset()
 
 
 PROFILES = {
@@ -341,7 +343,8 @@ def _rows_sum_to_zero(ctx: Context, cid: str, case: Case) -> Outcome:
     ax = case.class_axis
     s = np.sum(as_float64(g), axis=ax)
     bound = np.sum(np.abs(ctx.judge.gradient_bound(ev, "input", case.dtype, case)), axis=ax) + np.sum(np.abs(as_float64(g)), axis=ax) * ctx.judge.tol.dtypes[case.dtype].u * 2
-    v = ctx.judge.compare(s.astype(np.float64).astype(np_dtype(case.dtype)), np.zeros_like(s), bound, case.dtype,
+    expected = np.sum(ev.gradients["input"], axis=ax)  # 0 up to float64 rounding; NaN where the gradient is
+    v = ctx.judge.compare(s.astype(np.float64).astype(np_dtype(case.dtype)), expected, bound, case.dtype,
                           what="sum of each gradient row", clause=f"metamorphic.{cid.split('.', 1)[1]}")
     if not v.ok:
         raise CheckFailure(cid, v, case)
@@ -423,11 +426,13 @@ def catalogue(spec: Spec) -> list[Check]:
     for sid, sc in spec.special_cases.items():
         out.append(Check(f"special.{sid}", "special", f"special_cases.{sid}",
                          (sc.note or "") + f" (make: {', '.join(sc.make)}; expect: {sc.expect})", _special(sid),
-                         {k: v["special"] for k, v in P.items()}))
+                         {k: v["special"] for k, v in P.items()},
+                         features=frozenset(f for m in sc.make for f in strat.MODIFIERS[m].needs)))
     for eid, clause in spec.errors.items():
         out.append(Check(f"error.{eid}", "error", f"errors.{eid}",
                          f"{strat.MUTATIONS[clause.make][0]} {clause.severity} be rejected", _error(eid),
-                         {k: v["error"] for k, v in P.items()}, severity=clause.severity))
+                         {k: v["error"] for k, v in P.items()}, severity=clause.severity,
+                         features=frozenset(strat.MUTATION_NEEDS.get(clause.make, {}).get("features", ()))))
     for mid, rel in spec.metamorphic.items():
         out.append(Check(f"metamorphic.{mid}", "metamorphic", f"metamorphic.{mid}", rel.description or mid,
                          _metamorphic(mid), {k: v["metamorphic"] for k, v in P.items()},

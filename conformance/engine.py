@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.errors import Unsatisfiable
 
+from . import strategies as strat
 from .checks import Check, CheckFailure, Context, NotSupported, Outcome
 
 STATUSES = ("passed", "failed", "known", "variant", "not_supported", "error", "fixed")
@@ -96,8 +97,13 @@ def run_check(ctx: Context, check: Check, *, seed: int | None = None, derandomiz
     if isolate and check.kind in getattr(ctx.adapter, "isolate_kinds", ()):
         from .isolation import run_isolated
         return run_isolated(getattr(ctx.adapter, "source", ctx.adapter.name), check, profile=ctx.profile,
-                            seed=seed, spec_file=ctx.spec.file)
+                            seed=seed, spec_file=ctx.spec.file, name=ctx.adapter.name)
     caps = ctx.adapter.capabilities
+    needed = sorted(check.features - set(caps.features))
+    if needed:
+        return CheckResult(ctx.adapter.name, check.id, check.kind, check.clause, check.description, "not_supported",
+                           severity=check.severity,
+                           message=f"the adapter declares no support for {', '.join(needed)}")
     res = CheckResult(ctx.adapter.name, check.id, check.kind, check.clause, check.description, "passed",
                       severity=check.severity)
     missing = [r for r in check.requires
@@ -146,7 +152,7 @@ def run_check(ctx: Context, check: Check, *, seed: int | None = None, derandomiz
             "seed": seed,
         }
         res.failure_inputs = case_inputs_npz(f.case)
-    except NotSupported as exc:
+    except (NotSupported, strat.NothingToDraw) as exc:
         res.status, res.message = "not_supported", str(exc)
     except Unsatisfiable:
         res.status, res.message = "not_supported", "no supported input could be drawn for this check"

@@ -20,10 +20,10 @@ _MARK = "CE-CONFORMANCE-RESULT "
 
 
 def run_isolated(adapter_source: str, check, *, profile: str, seed: int | None, spec_file: str,
-                 timeout: float = 600) -> CheckResult:
+                 timeout: float = 600, name: str | None = None) -> CheckResult:
     cmd = [sys.executable, "-m", "conformance.isolation", adapter_source, check.id, profile,
            "none" if seed is None else str(seed), spec_file]
-    res = CheckResult(adapter_source, check.id, check.kind, check.clause, check.description, "error",
+    res = CheckResult(name or adapter_source, check.id, check.kind, check.clause, check.description, "error",
                       severity=check.severity)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

@@ -191,7 +191,8 @@ def finish_run(config, state: dict[str, Any], *, interrupted: bool) -> Path | No
         "interrupted": interrupted,
         "versions": resultsmod.versions(),
         "adapters": [_info(a) for a in state["adapters"].values()],
-        "known_files": config.getoption("--ce-known"),
+        "known_files": list(dict.fromkeys(list(config.getoption("--ce-known"))
+                                          + [e["file"] for e in state.get("known", [])])),
         "strict": config.getoption("--ce-strict"),
         "unmatched_known": [f"{e['file']} entry {e['index']} ({e['check']}) matched nothing"
                             for e in state.get("known", []) if not e["matched"] and _relevant(e, state)],

@@ -71,6 +71,12 @@ class Modifier:
     doc: str
     force: dict = field(default_factory=dict)
     apply: Callable | None = None
+    #: Adapter features the modified input needs (an adapter without them is not asked).
+    needs: tuple[str, ...] = ()
+
+
+class NothingToDraw(Exception):
+    """The adapter's declared capabilities leave nothing this request could draw."""
 
 
 def _rows(draw, P, label):
@@ -116,11 +122,12 @@ def _mod_all_neg_inf_row(draw, env):
 
 MODIFIERS: dict[str, Modifier] = {
     "all_ignored": Modifier("every position's target is ignore_index", {"target_kinds": ("index",), "all_ignored": True, "min_positions": 1}),
-    "empty_batch": Modifier("N = 0 (an empty batch)", {"empty": True}),
+    "empty_batch": Modifier("N = 0 (an empty batch)", {"empty": True}, needs=("empty",)),
     "single_class": Modifier("C = 1, no ignored position", {"classes": 1, "no_ignored": True, "min_positions": 1}),
     "unbatched": Modifier("an unbatched (C,) input", {"ranks": (1,), "no_ignored": True}),
-    "weighted": Modifier("a positive weight", {"weight": "positive"}),
-    "smoothing": Modifier("label smoothing in (0, 1], positive weights", {"smoothing": True, "weight_positive_or_absent": True}),
+    "weighted": Modifier("a positive weight", {"weight": "positive"}, needs=("weight",)),
+    "smoothing": Modifier("label smoothing in (0, 1], positive weights", {"smoothing": True, "weight_positive_or_absent": True},
+                          needs=("label_smoothing",)),
     "neg_inf_off_target": Modifier("-inf at a non-target class of some positions",
                                    {"min_classes": 2, "no_smoothing_unless": "smoothing", "min_positions": 1,
                                     "weight_positive_or_absent": True, "no_ignored": True, "finite_regime": True},
@@ -192,13 +199,16 @@ def cases(draw, spec, req: Request) -> Case:
             applies.append(mod.apply)
 
     dtypes = tuple(d for d in req.dtypes if d in force.get("dtypes", req.dtypes))
-    dtype = draw(st.sampled_from(dtypes), label="dtype")
     kinds = tuple(k for k in req.target_kinds if k in force.get("target_kinds", req.target_kinds))
+    ranks = tuple(r for r in req.ranks if r in force.get("ranks", req.ranks))
+    if not dtypes or not kinds or not ranks:
+        raise NothingToDraw(f"the declared capabilities leave no {'dtype' if not dtypes else 'target kind' if not kinds else 'rank'} "
+                            f"for {', '.join(req.modifiers) or 'this check'}")
+    dtype = draw(st.sampled_from(dtypes), label="dtype")
     kind = draw(st.sampled_from(kinds), label="target_kind")
     sizes = spec.domains["sizes"]
 
     # ---- shape: mostly the small menu; sometimes a long reduction or (thorough) huge C
-    ranks = tuple(r for r in req.ranks if r in force.get("ranks", req.ranks))
     if force.get("empty"):
         ranks = tuple(r for r in ranks if r >= 2) or ranks
     rank = draw(st.sampled_from(ranks), label="rank")
@@ -447,10 +457,16 @@ MUTATIONS: dict[str, tuple[str, Callable]] = {
 
 #: Which target kind a mutation needs, so the strategy draws a case it applies to.
 MUTATION_NEEDS: dict[str, dict] = {
+    "label_smoothing_above_one": {"features": ("label_smoothing",)},
+    "label_smoothing_negative": {"features": ("label_smoothing",)},
+    "label_smoothing_nan": {"features": ("label_smoothing",)},
+    "weight_wrong_length": {"features": ("weight",)},
+    "weight_wrong_rank": {"features": ("weight",)},
     "target_at_least_C": {"target_kinds": ("index",)},
     "target_negative_not_ignored": {"target_kinds": ("index",)},
     "batch_size_mismatch": {"target_kinds": ("index",), "ranks": (2, 3, 4, 5)},
     "spatial_size_mismatch": {"target_kinds": ("index",), "ranks": (3, 4, 5)},
-    "probability_target_with_ignore_index": {"target_kinds": ("probability",)},
+    "probability_target_with_ignore_index": {"target_kinds": ("probability",),
+                                             "features": ("ignore_index", "probability_target")},
     "index_target_float_dtype": {"target_kinds": ("index",), "ranks": (2, 3, 4, 5)},
 }
