@@ -121,8 +121,10 @@ def run_check(ctx: Context, check: Check, *, seed: int | None = None, derandomiz
                 res.status, res.message = "not_supported", "the adapter declares that it cannot raise on data values"
                 return res
     outcomes: list[Outcome] = []
+    tried = [0]
 
     def body(data):
+        tried[0] += 1
         outcomes.append(check.example(ctx, data.draw))
 
     database = DirectoryBasedExampleDatabase(database_dir) if database_dir else None
@@ -163,6 +165,8 @@ def run_check(ctx: Context, check: Check, *, seed: int | None = None, derandomiz
         res.failure = {"traceback": traceback.format_exc()[-4000:]}
     res.duration_s = round(time.perf_counter() - t0, 3)
     _summarise(res, outcomes)
+    # every example Hypothesis ran (shrinking included), not only those that passed
+    res.examples = tried[0]
     if res.status == "passed" and res.variants:
         res.status = "variant"
     return res

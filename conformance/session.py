@@ -222,7 +222,8 @@ def _relevant(entry: dict[str, Any], state: dict[str, Any]) -> bool:
     adapter of the run, and its check glob either names a check that ran or names no check of
     the spec at all (a typo). Entries for other adapters or for checks left out by --check stay
     quiet."""
-    adapters = list(state.get("adapters", {}))
+    # adapters that could not run here (no GPU, framework missing) cannot match anything
+    adapters = [name for name, a in state.get("adapters", {}).items() if not a.unavailable()]
     if not any(fnmatch.fnmatchcase(a, entry["adapter"]) for a in adapters):
         return False
     ran = [c.id for c in state.get("checks", [])]
