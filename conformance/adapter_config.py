@@ -142,21 +142,21 @@ def load_config(path: str | Path) -> dict[str, Any]:
                       "use cpu, cuda, cuda:N (torch), gpu or tpu (JAX)")
         out["device"] = dev
 
+    def names(key: str, vocabulary, what: str, where: str) -> list[str]:
+        """A list of names from ``vocabulary``; an unknown one is an error at its line."""
+        got = _str_list(doc[key], key, err)
+        for i, x in enumerate(got):
+            if x not in vocabulary:
+                raise err(key, f"unknown {what} {x!r}{did_you_mean(x, vocabulary)}",
+                          f"use names from {where}", index=i)
+        return got
+
     if "unsupported" in doc:
-        feats = _str_list(doc["unsupported"], "unsupported", err)
-        for i, x in enumerate(feats):
-            if x not in ALL_FEATURES:
-                raise err("unsupported", f"unknown feature {x!r}{did_you_mean(x, ALL_FEATURES)}",
-                          f"use names from {', '.join(sorted(ALL_FEATURES))}", index=i)
-        out["unsupported"] = feats
+        out["unsupported"] = names("unsupported", ALL_FEATURES, "feature", ", ".join(sorted(ALL_FEATURES)))
 
     dtypes, ranks, variants = _spec_vocabulary()
     if "dtypes" in doc:
-        ds = _str_list(doc["dtypes"], "dtypes", err)
-        for i, x in enumerate(ds):
-            if x not in dtypes:
-                raise err("dtypes", f"unknown dtype {x!r}{did_you_mean(x, dtypes)}",
-                          f"use names from {', '.join(dtypes)}", index=i)
+        ds = names("dtypes", dtypes, "dtype", ", ".join(dtypes))
         if not ds:
             raise err("dtypes", "'dtypes' is empty", "list at least one dtype")
         out["dtypes"] = ds
@@ -170,12 +170,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
                           "input ranks count the class axis: 1 is an unbatched (C,), 2 is (N, C)", index=i)
         out["ranks"] = rs
     if "variants" in doc:
-        vs = _str_list(doc["variants"], "variants", err)
-        for i, x in enumerate(vs):
-            if x not in variants:
-                raise err("variants", f"unknown variant {x!r}{did_you_mean(x, variants)}",
-                          f"use names from the spec's variants: section ({', '.join(variants)})", index=i)
-        out["variants"] = vs
+        out["variants"] = names("variants", variants, "variant",
+                                f"the spec's variants: section ({', '.join(variants)})")
     if "raises_on_invalid" in doc:
         if not isinstance(doc["raises_on_invalid"], bool):
             raise err("raises_on_invalid", "'raises_on_invalid' must be true or false",

@@ -23,9 +23,6 @@ from hypothesis.errors import Unsatisfiable
 from . import strategies as strat
 from .checks import Check, CheckFailure, Context, NotSupported, Outcome
 
-STATUSES = ("passed", "failed", "known", "variant", "not_supported", "error", "fixed")
-
-
 @dataclass
 class CheckResult:
     adapter: str

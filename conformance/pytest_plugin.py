@@ -150,6 +150,3 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for line in _STATE["summary_lines"]:
             terminalreporter.write_line(line)
 
-
-def main_argv() -> list[str]:
-    return sys.argv

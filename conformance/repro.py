@@ -89,7 +89,6 @@ def recheck(adapter_name: str, check_id: str, case, *, spec_file: str) -> int:
 
     from conformance.adapters import resolve
     from .checks import Context, catalogue
-    from .compare import Judge  # noqa: F401
     from .spec import load
 
     spec = load(spec_file) if Path(spec_file).exists() else __import__("conformance.spec", fromlist=["load_default"]).load_default()

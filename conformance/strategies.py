@@ -123,7 +123,8 @@ def _mod_all_neg_inf_row(draw, env):
 MODIFIERS: dict[str, Modifier] = {
     "all_ignored": Modifier("every position's target is ignore_index", {"target_kinds": ("index",), "all_ignored": True, "min_positions": 1}),
     "empty_batch": Modifier("N = 0 (an empty batch)", {"empty": True}, needs=("empty",)),
-    "single_class": Modifier("C = 1, no ignored position", {"classes": 1, "no_ignored": True, "min_positions": 1}),
+    "single_class": Modifier("C = 1, no ignored position, a positive weight if any",
+                             {"classes": 1, "no_ignored": True, "min_positions": 1, "weight_positive_or_absent": True}),
     "unbatched": Modifier("an unbatched (C,) input", {"ranks": (1,), "no_ignored": True}),
     "weighted": Modifier("a positive weight", {"weight": "positive"}, needs=("weight",)),
     "smoothing": Modifier("label smoothing in (0, 1], positive weights", {"smoothing": True, "weight_positive_or_absent": True},
@@ -145,7 +146,8 @@ MODIFIERS: dict[str, Modifier] = {
                           _mod_value(np.nan)),
     "all_neg_inf_row": Modifier("a position whose logits are all -inf",
                                 {"min_positions": 1, "no_ignored": True, "finite_regime": True}, _mod_all_neg_inf_row),
-    "long_reduction": Modifier("a long batch (thousands of positions) in rank 2", {"ranks": (2,), "long": True}),
+    "long_reduction": Modifier("a long batch (thousands of positions) in rank 2, none of them ignored",
+                               {"ranks": (2,), "long": True, "no_ignored": True, "min_classes": 2}),
     "half_precision": Modifier("float16 or bfloat16", {"dtypes": ("float16", "bfloat16")}),
     "huge_logits": Modifier("logits near 1e30 (float32/float64)", {"dtypes": ("float32", "float64"), "regime": "huge"}),
 }

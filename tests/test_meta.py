@@ -3,7 +3,7 @@
 The planted implementations live in tests/planted.py. Each buggy one must fail at least one
 of the checks named for it under the default profile, with a shrunk counterexample; the
 correct ones (one more accurate than torch) must pass every check over several seeds
-(``scripts/meta_seeds.py`` runs 20 seeds; CI runs 3 to stay within its time budget).
+(``scripts/meta_seeds.py`` runs 20 seeds, torch-cpu included; CI runs 3 to stay within its time budget).
 """
 import os
 
