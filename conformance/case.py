@@ -137,7 +137,8 @@ class Case:
         if self.upstream is None:
             return np.float64(1.0)
         if reduction != "none":
-            return np.float64(as_float64(self.upstream).reshape(-1)[0])
+            up = as_float64(self.upstream).reshape(-1)
+            return np.float64(up[0]) if up.size == 1 else np.float64(1.0)
         return as_float64(self.upstream).reshape(-1, 1)
 
     # ------------------------------------------------------------------ presentation

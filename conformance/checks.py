@@ -356,18 +356,19 @@ def _decomposition(op: str):
         cid = f"decomposition.{op}"
         spec = ctx.extra_specs[op]
         case = _draw_case(ctx, draw, cid, target_kinds=("index",), regimes=("ordinary", "large_magnitude", "ties", "confident"),
-                          allow_long=False)
-        case = case.copy(label_smoothing=0.0, legacy=None, reduction=case.reduction)
+                          allow_long=False, legacy=False)
+        case = case.copy(label_smoothing=0.0)
         oracle, judge = Oracle(spec), Judge(spec)
+        c2 = case
+        if op == "nll_loss":
+            # exact log-probabilities, rounded to the dtype: nll_loss's input
+            lp = as_float64(ctx.oracle.evaluate(case, gradients=False).env["lp"])
+            c2 = case.copy(x=case.from_canonical(lp, "elementwise").astype(case.x.dtype), purpose="log-probabilities")
         try:
             if op == "log_softmax":
                 actual = ctx.adapter.log_softmax(case.x, case.class_axis)
-                c2 = case
             else:
-                lp = as_float64(ctx.oracle.evaluate(case, gradients=False).env["lp"])
-                lpq = case.from_canonical(lp, "elementwise").astype(case.x.dtype)
-                c2 = case.copy(x=lpq, purpose="log-probabilities")
-                actual = ctx.adapter.nll_loss(lpq, case.target, weight=case.weight, ignore_index=case.ignore_index,
+                actual = ctx.adapter.nll_loss(c2.x, case.target, weight=case.weight, ignore_index=case.ignore_index,
                                               reduction=case.reduction)
         except Exception as exc:  # noqa: BLE001
             raise CheckFailure(cid, Verdict(False, "call", "valid_input.accepted",
