@@ -24,12 +24,14 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--profile", default="default")
+    ap.add_argument("--only", default=None, help="run only the adapters whose name contains this")
     args = ap.parse_args()
     spec = load_default()
     extra = {op: load_default(op) for op in ("log_softmax", "nll_loss")}
     known = load_known([str(Path(__file__).resolve().parents[1] / "conformance" / "known" / "torch.yaml")])
     adapters = [TorchFunctionAdapter(getattr(planted, n), f"planted-{n}") for n in planted.CORRECT]
     adapters.append(resolve("torch-cpu"))
+    adapters = [a for a in adapters if not args.only or args.only in a.name]
     flagged = 0
     for adapter in adapters:
         ctx = Context(spec, adapter, profile=args.profile, extra_specs=extra)
