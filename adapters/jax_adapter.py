@@ -90,8 +90,7 @@ def _bucket(P: int) -> int:
     return max(8, 1 << max(0, int(P - 1).bit_length()))
 
 
-def _padded_loss(xr, target, w, ignore_index, eps, p_real, row_ok, *, path: str, reduction: str,
-                 smoothing: bool):
+def _padded_loss(xr, target, w, ignore_index, eps, p_real, row_ok, *, path: str, reduction: str):
     """The loss on canonical rows (Pb, C), padded rows masked out by ``row_ok``; traced under
     jit. 'none' returns every row's loss (the caller slices and reshapes)."""
     import jax
@@ -132,44 +131,6 @@ def _padded_loss(xr, target, w, ignore_index, eps, p_real, row_ok, *, path: str,
     return out.astype(out_dtype)
 
 
-def _loss(x, target, weight, ignore_index, eps, *, path: str, reduction: str, smoothing: bool):
-    """torch's cross_entropy for one static configuration; traced under jit."""
-    import jax
-    import jax.numpy as jnp
-
-    ct = _compute_dtype(x.dtype)
-    xr = _rows(x, ct)
-    P, C = xr.shape
-    w = jnp.ones(C, ct) if weight is None else weight.astype(ct)
-    eps = eps.astype(ct)
-    lp = jax.nn.log_softmax(xr, axis=1)
-    if path == "index":
-        t = target.reshape(-1).astype(jnp.int64)
-        valid = t != ignore_index
-        bad = valid & ((t < 0) | (t >= C))
-        tc = jnp.where(valid & ~bad, t, 0)
-        wt = jnp.where(valid, w[tc], 0)
-        raw = wt * -jnp.take_along_axis(lp, tc[:, None], axis=1)[:, 0]
-        if smoothing:
-            raw = (1 - eps) * raw + eps / C * -jnp.sum(w * lp, axis=1)
-        # An out-of-range index cannot raise under jit: its position (and so sum and mean)
-        # becomes NaN, gradient included.
-        l = jnp.where(valid, raw * jnp.where(bad, jnp.nan, 1), 0)
-        den = jnp.sum(jnp.where(bad, jnp.nan, wt))
-    else:
-        y = _rows(target, ct)
-        q = (1 - eps) * y + eps / C if smoothing else y
-        l = -jnp.sum(w * q * lp, axis=1)
-        den = jnp.asarray(P, ct)
-    if reduction == "none":
-        out = l.reshape(_none_shape(x.shape))
-    elif reduction == "sum":
-        out = jnp.sum(l)
-    else:  # den = 0 gives NaN as in torch, which divides each term by den (not inf)
-        out = jnp.sum(l) / den + jnp.where(den == 0, jnp.nan, 0)
-    return out.astype(x.dtype)
-
-
 class JaxAdapter(Adapter):
     """This module's jitted implementation, on JAX's "cpu" or "gpu" platform."""
 
@@ -191,7 +152,7 @@ class JaxAdapter(Adapter):
         import jax
         return None if a is None else jax.device_put(np.asarray(a), jax.devices(self.device)[0])
 
-    def _compiled_for(self, key: tuple, path: str, reduction: str, smoothing: bool, gradient: bool):
+    def _compiled_for(self, key: tuple, path: str, reduction: str, gradient: bool):
         fn = self._compiled.get(key)
         if fn is not None:
             self.cache_hits += 1
@@ -201,7 +162,7 @@ class JaxAdapter(Adapter):
 
         def forward(x, target, weight, ignore_index, eps, p_real, row_ok):
             return _padded_loss(x, target, weight, ignore_index, eps, p_real, row_ok, path=path,
-                                reduction=reduction, smoothing=smoothing)
+                                reduction=reduction)
 
         def with_gradient(x, target, weight, ignore_index, eps, p_real, row_ok, g):
             rest = (weight, ignore_index, eps, p_real, row_ok)
@@ -222,7 +183,6 @@ class JaxAdapter(Adapter):
         path = check_arguments(case.x.shape, case.x.dtype, case.target.shape, case.target.dtype,
                                None if case.weight is None else case.weight.shape, reduction=reduction,
                                ignore_index=case.ignore_index, label_smoothing=case.label_smoothing)
-        smoothing = float(case.label_smoothing) > 0
         C, P = case.num_classes, case.positions
         Pb = _bucket(P)
         xr = _pad(case.to_rows(case.x), Pb, 0)
@@ -233,7 +193,7 @@ class JaxAdapter(Adapter):
         w = case.weight if case.weight is not None else np.ones(C, dtype=case.x.dtype)
         row_ok = np.arange(Pb) < P
         key = (self.device, Pb, C, str(case.x.dtype), str(tr.dtype), str(w.dtype), path, reduction, gradient)
-        fn = self._compiled_for(key, path, reduction, smoothing, gradient)
+        fn = self._compiled_for(key, path, reduction, gradient)
         args = [self._put(xr), self._put(tr), self._put(w), np.int64(case.ignore_index),
                 np.float64(case.label_smoothing), np.float64(P), self._put(row_ok)]
         warned = [legacy_warning(reduction)] if any(v is not None for v in legacy.values()) else []
@@ -314,9 +274,15 @@ def cross_entropy(x, target, weight=None, size_average=None, ignore_index=-100, 
     path = check_arguments(x.shape, x.dtype, target.shape, target.dtype,
                            None if weight is None else jnp.shape(weight), reduction=reduction,
                            ignore_index=ignore_index, label_smoothing=label_smoothing)
-    return _loss(x, target, None if weight is None else jnp.asarray(weight), jnp.int64(ignore_index),
-                 jnp.float64(label_smoothing), path=path, reduction=reduction,
-                 smoothing=float(label_smoothing) > 0)
+    C = x.shape[0 if x.ndim == 1 else 1]
+    xr = x.reshape(1, -1) if x.ndim == 1 else jnp.moveaxis(x, 1, -1).reshape(-1, C)
+    P = xr.shape[0]
+    tr = (target.reshape(-1) if path == "index" else
+          target.reshape(1, -1) if x.ndim == 1 else jnp.moveaxis(target, 1, -1).reshape(-1, C))
+    w = jnp.ones(C, x.dtype) if weight is None else jnp.asarray(weight)
+    out = _padded_loss(xr, tr, w, jnp.int64(ignore_index), jnp.float64(label_smoothing), jnp.float64(P),
+                       jnp.ones(P, bool), path=path, reduction=reduction)
+    return out.reshape(_none_shape(x.shape)) if reduction == "none" else out
 
 
 class JaxCallableAdapter(Adapter):

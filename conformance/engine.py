@@ -170,7 +170,6 @@ def run_check(ctx: Context, check: Check, *, seed: int | None = None, derandomiz
 
 
 def _summarise(res: CheckResult, outcomes: list[Outcome]) -> None:
-    res.examples = len(outcomes)
     cov: dict[str, Counter] = {}
     acc: dict[str, list[float]] = {}
     rat: dict[str, list[float]] = {}

@@ -88,7 +88,7 @@ def recheck(adapter_name: str, check_id: str, case, *, spec_file: str) -> int:
     import numpy as np
 
     from conformance.adapters import resolve
-    from .checks import Context, catalogue
+    from .checks import Context
     from .spec import load
 
     spec = load(spec_file) if Path(spec_file).exists() else __import__("conformance.spec", fromlist=["load_default"]).load_default()

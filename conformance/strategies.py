@@ -457,7 +457,8 @@ MUTATIONS: dict[str, tuple[str, Callable]] = {
     "reduction_unknown": ("reduction='average'", _set(reduction="average")),
 }
 
-#: Which target kind a mutation needs, so the strategy draws a case it applies to.
+#: What a mutation needs: the target kinds and ranks to draw a case it applies to, and the
+#: adapter features without which the clause does not concern the adapter.
 MUTATION_NEEDS: dict[str, dict] = {
     "label_smoothing_above_one": {"features": ("label_smoothing",)},
     "label_smoothing_negative": {"features": ("label_smoothing",)},
