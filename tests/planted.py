@@ -1,6 +1,6 @@
 """Planted implementations with F.cross_entropy's signature, for the meta-tests.
 
-Three are correct in different ways (the suite must never flag them); the rest each carry
+The correct ones (CORRECT; six of them add up in different orders) must never be flagged; the rest each carry
 one realistic bug (the suite must catch every one with the default profile). They are
 named by the gate like any third-party function: ``tests.planted:NAME``.
 """
@@ -33,6 +33,155 @@ def float64_round_once(input, target, weight=None, size_average=None, ignore_ind
     w = weight.double() if weight is not None else None
     return F.cross_entropy(input.double(), t, weight=w, size_average=size_average, ignore_index=ignore_index,
                            reduce=reduce, reduction=reduction, label_smoothing=label_smoothing).to(dt)
+
+
+# --------------------------------------------------------------------------- correct, any order
+# A kernel author may add up positions and classes in any order: IEEE arithmetic and torch's
+# documentation promise none. These compute log_softmax and the loss from scratch (the
+# formulas of specs/cross_entropy.yaml `paths:`), with every sum over classes and over
+# positions done in one stated order, in the accumulation dtype the spec allows (float32 for
+# half-precision inputs, the input's own dtype otherwise; float64 for `float64_accumulate`).
+# The gradient of a sum is exactly 1 per term whatever the order, so autograd supplies it.
+import numpy as np  # noqa: E402
+
+BLOCK = 4096
+
+
+def _sum_last(a: np.ndarray, order: str) -> np.ndarray:
+    """Sum over the last axis of a 2-D array in ``order``, in a's dtype; shape (rows, 1)."""
+    rows, n = a.shape
+    if n == 0:
+        return np.zeros((rows, 1), dtype=a.dtype)
+    if order in ("left_to_right", "float64_accumulate"):
+        return np.cumsum(a, axis=1, dtype=a.dtype)[:, -1:]          # sequential, one term at a time
+    if order == "right_to_left":
+        return np.cumsum(a[:, ::-1], axis=1, dtype=a.dtype)[:, -1:]
+    if order == "pairwise":
+        while a.shape[1] > 1:
+            if a.shape[1] % 2:
+                a = np.concatenate([a, np.zeros((rows, 1), dtype=a.dtype)], axis=1)  # + 0 is exact
+            a = a[:, 0::2] + a[:, 1::2]
+        return a
+    if order == "blocked":
+        parts = [np.cumsum(a[:, i:i + BLOCK], axis=1, dtype=a.dtype)[:, -1:] for i in range(0, n, BLOCK)]
+        return np.cumsum(np.concatenate(parts, axis=1), axis=1, dtype=a.dtype)[:, -1:]
+    if order == "kahan":
+        s = np.zeros(rows, dtype=a.dtype)
+        c = np.zeros(rows, dtype=a.dtype)
+        with np.errstate(invalid="ignore"):
+            for j in range(n):
+                yv = a[:, j] - c
+                tv = s + yv
+                c = (tv - s) - yv
+                s = tv
+            # Kahan's compensation turns an infinite total into NaN (inf - inf): there the plain sum is right
+            plain = np.cumsum(a, axis=1, dtype=a.dtype)[:, -1]
+            s = np.where(np.isfinite(plain), s, plain)
+        return s.reshape(rows, 1)
+    raise ValueError(order)
+
+
+class _OrderedSum(torch.autograd.Function):
+    """Sum over the last axis (keeping it) in a stated order; exact gradient (ones)."""
+
+    @staticmethod
+    def forward(ctx, a, order):
+        ctx.shape = a.shape
+        acc = np.float64 if order == "float64_accumulate" else None
+        arr = a.detach().cpu().numpy()
+        arr2 = arr.reshape(-1, a.shape[-1]) if a.shape[-1] else arr.reshape(int(np.prod(a.shape[:-1])), 0)
+        out = _sum_last(arr2.astype(acc) if acc else arr2, order)
+        return torch.from_numpy(np.ascontiguousarray(out.astype(arr.dtype))).reshape(a.shape[:-1] + (1,))
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.expand(ctx.shape), None
+
+
+def _osum(a, order):
+    return _OrderedSum.apply(a, order)
+
+
+def _ordered_cross_entropy(input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing,
+                           order):
+    """cross_entropy per specs/cross_entropy.yaml with every sum in ``order``."""
+    if size_average is not None or reduce is not None:
+        from torch.nn import _reduction
+        reduction = _reduction.legacy_get_string(size_average, reduce)
+    if reduction not in ("none", "sum", "mean"):
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    dt = input.dtype
+    cdt = torch.float32 if dt in HALF else dt
+    unbatched = input.dim() == 1
+    C = input.shape[0 if unbatched else 1]
+    x = input.unsqueeze(0) if unbatched else input.movedim(1, -1)
+    none_shape = () if unbatched else x.shape[:-1]
+    x = x.reshape(-1, C).to(cdt)
+    P = x.shape[0]
+    if weight is not None and tuple(weight.shape) != (C,):
+        raise RuntimeError(f"weight tensor should be defined either for all {C} classes or no classes")
+    w = torch.ones(C, dtype=cdt) if weight is None else weight.to(cdt)
+    m = x.detach().amax(-1, keepdim=True) if P else torch.zeros((0, 1), dtype=cdt)
+    z = x - m
+    lp = z - torch.log(_osum(torch.exp(z), order))
+    if target.shape == input.shape:                                   # probability targets
+        if not target.is_floating_point():
+            raise RuntimeError("probability targets must be floating point")
+        if ignore_index != -100:
+            raise RuntimeError("ignore_index is not supported for floating point target")
+        y = (target.unsqueeze(0) if unbatched else target.movedim(1, -1)).reshape(-1, C).to(cdt)
+        q = (1 - eps) * y + eps / C
+        l = -_osum(w * q * lp, order)
+        den = None
+    else:                                                             # class indices
+        if target.is_floating_point() or target.dtype == torch.bool:
+            raise RuntimeError(f"expected scalar type Long but found {target.dtype}")
+        if tuple(target.shape) != tuple(none_shape):
+            raise ValueError(f"Expected target of shape {tuple(none_shape)}, got {tuple(target.shape)}")
+        t = target.reshape(-1, 1).long()
+        valid = t != ignore_index
+        if bool((valid & ((t < 0) | (t >= C))).any()):
+            raise IndexError("Target is out of bounds.")
+        tc = torch.where(valid, t, torch.zeros_like(t))
+        zero = torch.zeros((), dtype=cdt)
+        wt = torch.where(valid, w[tc], zero)
+        l = (1 - eps) * wt * -lp.gather(1, tc)
+        if eps > 0:
+            l = l + eps * (-_osum(w * lp, order) / C)
+        l = torch.where(valid, l, zero)
+        den = _osum(wt.reshape(1, -1), order).reshape(())
+    if reduction == "none":
+        return l.reshape(none_shape).to(dt)
+    total = _osum(l.reshape(1, -1), order).reshape(())
+    if reduction == "sum":
+        return total.to(dt)
+    if den is None:
+        return (total / P).to(dt)
+    # den = 0 (all ignored, or every target weighted 0) is NaN, even where smoothing made the sum nonzero
+    return torch.where(den == 0, torch.full_like(total, float("nan")), total / den).to(dt)
+
+
+def _ordered(order):
+    def fn(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
+           label_smoothing=0.0):
+        return _ordered_cross_entropy(input, target, weight, size_average, ignore_index, reduce, reduction,
+                                      label_smoothing, order)
+    fn.__name__ = f"sum_{order}"
+    fn.__doc__ = f"Correct: log_softmax and the loss from the formulas, every sum {order.replace('_', ' ')}."
+    return fn
+
+
+sum_left_to_right = _ordered("left_to_right")
+sum_right_to_left = _ordered("right_to_left")
+sum_pairwise = _ordered("pairwise")
+sum_blocked = _ordered("blocked")
+sum_kahan = _ordered("kahan")
+sum_float64_accumulate = _ordered("float64_accumulate")
+ORDERED = ["sum_left_to_right", "sum_right_to_left", "sum_pairwise", "sum_blocked", "sum_kahan",
+           "sum_float64_accumulate"]
 
 
 # --------------------------------------------------------------------------- buggy
@@ -176,7 +325,7 @@ def flat_none(input, target, reduction="mean", **kw):
     return out.reshape(-1) if reduction == "none" and out.dim() > 1 else out
 
 
-CORRECT = ["half_in_float32", "float64_round_once"]
+CORRECT = ["half_in_float32", "float64_round_once"] + ORDERED
 #: name -> check ids of which at least one must fail
 BUGGY = {
     "float64_in_float32": ["forward.index", "forward.probability", "gradient.index", "gradient.probability"],
