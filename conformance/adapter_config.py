@@ -14,6 +14,7 @@ reads one of these::
     raises_on_invalid: true          # false: invalid *data* cannot raise (jitted code)
     max_classes: 1000
     known: my-loss.known.yaml        # known-divergence file, relative to this file
+    world_size: 2                    # distributed adapters only (adapters/vocab_parallel.py)
 
 Keys left out keep what the imported adapter declares. The config's folder is put on
 ``sys.path`` first, so ``import: my_adapter:MyAdapter`` finds ``my_adapter.py`` next to it.
@@ -35,7 +36,7 @@ from conformance.adapters import AdapterError
 from conformance.adapters.base import ALL_FEATURES, Adapter
 
 KEYS = ("name", "import", "device", "unsupported", "dtypes", "ranks", "variants", "raises_on_invalid",
-        "max_classes", "known")
+        "max_classes", "known", "world_size")
 CONFIG_SUFFIXES = (".yaml", ".yml")
 _DEVICE = re.compile(r"^(cpu|gpu|tpu|mps|xpu|cuda(:\d+)?)$")
 _NAME = re.compile(r"^[A-Za-z0-9_.:+@-]+$")
@@ -192,6 +193,12 @@ def load_config(path: str | Path) -> dict[str, Any]:
             raise err("known", f"known-divergence file {str(kp)!r} does not exist",
                       "the path is relative to the config file's folder")
         out["known"] = str(kp)
+    if "world_size" in doc:  # distributed adapters (adapters/vocab_parallel.py): ranks to run on
+        ws = doc["world_size"]
+        if not isinstance(ws, int) or isinstance(ws, bool) or not 1 <= ws <= 64:
+            raise err("world_size", f"'world_size' must be an integer from 1 to 64 (got {ws!r})",
+                      "write e.g. 'world_size: 2'")
+        out["world_size"], out["world_size_line"] = ws, lines.get(("world_size",))
     return out
 
 
@@ -237,6 +244,12 @@ def adapter_from_config(path: str | Path) -> Adapter:
     if "max_classes" in cfg:
         changes["max_classes"] = cfg["max_classes"]
     a.capabilities = replace(caps, **changes)
+    if "world_size" in cfg:
+        if not hasattr(type(a), "world_size"):
+            raise AdapterConfigError(str(path), cfg["world_size_line"], f"'world_size' is for distributed adapters, "
+                                     f"and {cfg['import']} is not one", "remove the key, or import a "
+                                     "conformance.adapters.vocab_parallel adapter")
+        a.world_size = cfg["world_size"]
     a.config_file = cfg["file"]
     a.known_files = [cfg["known"]] if "known" in cfg else []
     return a
