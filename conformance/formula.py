@@ -8,6 +8,10 @@ Arrays follow the canonical layout of the specs: per-position quantities are ``(
 per-class ``(C,)`` and per-position-per-class ``(P, C)``; ordinary NumPy broadcasting does
 the rest. ``sum(e)`` without an axis sums everything exactly rounded (``math.fsum``), which
 is what keeps the oracle's own error far below any dtype under test.
+
+A formula is bounded before it is parsed or walked (:data:`MAX_CHARS`, :data:`MAX_DEPTH`,
+:data:`MAX_INT`): a hostile spec gets a clean :class:`FormulaError`, never a RecursionError
+or MemoryError, and every literal is a finite float64.
 """
 from __future__ import annotations
 
@@ -21,6 +25,12 @@ import numpy as np
 
 #: The class axis of the canonical layout, written ``axis=classes`` in formulas.
 CLASSES = "classes"
+#: Longest formula (characters, stripped); the shipped specs' longest is about 200.
+MAX_CHARS = 2000
+#: Deepest expression tree; the shipped specs' deepest is about 15.
+MAX_DEPTH = 64
+#: Largest integer literal (float64 represents every integer up to here exactly).
+MAX_INT = 2 ** 53
 
 
 class FormulaError(ValueError):
@@ -209,14 +219,31 @@ def parse(source: str, *, known: set[str] | frozenset[str], where: str = "") -> 
     """Parse ``source`` and check it against the language; ``known`` are the names in scope."""
     if not isinstance(source, str):
         raise FormulaError(f"a formula must be a string, got {type(source).__name__}", where=where)
+    if len(source.strip()) > MAX_CHARS:
+        raise FormulaError(f"the formula is {len(source.strip())} characters long, more than {MAX_CHARS}",
+                           where=where)
     try:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as exc:
         raise FormulaError(f"not a valid expression: {exc.msg}", source=source.strip(), where=where,
                            col=(exc.offset or 1) - 1) from None
+    except (RecursionError, MemoryError):  # the parser's own nesting limit
+        raise FormulaError(f"the formula is nested more than {MAX_DEPTH} levels deep", where=where) from None
+    _check_depth(tree, source.strip(), where)
     names: set[str] = set()
     _check(tree.body, source.strip(), where, set(known), names)
     return Formula(source.strip(), tree, frozenset(names), where)
+
+
+def _check_depth(tree: ast.AST, src: str, where: str) -> None:
+    """Refuse a tree deeper than :data:`MAX_DEPTH` (walked without recursion)."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise FormulaError(f"the formula is nested more than {MAX_DEPTH} levels deep", source=src, where=where,
+                               col=getattr(node, "col_offset", None))
+        stack += [(child, depth + 1) for child in ast.iter_child_nodes(node)]
 
 
 def _suggest(name: str, options) -> str:
@@ -231,6 +258,10 @@ def _check(node: ast.AST, src: str, where: str, known: set[str], names: set[str]
     if isinstance(node, ast.Constant):
         if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
             fail(f"only numbers are allowed as constants, got {node.value!r}")
+        if isinstance(node.value, int) and abs(node.value) > MAX_INT:
+            fail(f"the integer literal has {len(str(abs(node.value)))} digits: literals are at most 2**53")
+        if isinstance(node.value, float) and not math.isfinite(node.value):
+            fail("the number literal overflows to inf: write the constant inf")
         return
     if isinstance(node, ast.Name):
         if node.id in CONSTANTS:

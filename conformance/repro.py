@@ -1,62 +1,99 @@
 """Standalone reproduction scripts for failures.
 
-Each script embeds the failing case's exact inputs (an .npz, base64), rebuilds the case,
-calls the adapter by the name it was run under, evaluates the spec's oracle and prints
-expected versus actual. It exits 1 while the failure reproduces and 0 once it is fixed, so
-it can be dropped into a bug report or a CI job as is.
+A reproduction is three files with one stem in ``repro/``: a fixed script (:data:`SCRIPT`, the
+same text for every failure), a JSON sidecar with the failure's data (adapter, check, spec
+file, case options, message) and the failing case's exact inputs (``.npz``). The data is
+never pasted into Python source, so an adapter name, message or path holding quotes,
+backslashes, ``\\N`` or newlines cannot change what the script does. The script rebuilds
+the case, calls the adapter by the name it was run under, evaluates the spec's oracle and
+prints expected versus actual. It exits 1 while the failure reproduces, 0 once it is fixed
+and 2 when it cannot tell (files missing, adapter or spec that cannot be loaded), so it can
+be dropped into a bug report or a CI job as is (copy all three files).
 """
 from __future__ import annotations
 
-import base64
 import json
+import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 from .results import safe_name
 
-_TEMPLATE = '''#!/usr/bin/env python3
-"""Reproduce {rid}: {message}
+#: Format of the JSON sidecar.
+FORMAT = "ce-conformance/repro/1"
 
-Run: python {filename}   (needs ce-conformance installed, the adapter's framework, and the
-adapter's module importable: set PYTHONPATH as for the run)
-Exit 1 while the failure reproduces, 0 once it is gone.
+SCRIPT = '''#!/usr/bin/env python3
+"""Reproduce one failure found by ce-conformance.
+
+The failure's data lives beside this script, never in it: the .json file with the same name
+(adapter, check, spec file, options, message) and the .npz file with the same name (the exact
+inputs). Run: python THIS_SCRIPT (needs ce-conformance installed, the adapter's framework,
+and the adapter's module importable: set PYTHONPATH as for the run).
+Exit 1 while the failure reproduces, 0 once it is gone, 2 when it cannot be checked.
 """
-import base64, io, json, sys
+import sys
+from pathlib import Path
 
-import numpy as np
+try:
+    from conformance.repro import main
+except ImportError as exc:
+    print(f"cannot import ce-conformance ({exc}): pip install ce-conformance", file=sys.stderr)
+    sys.exit(2)
 
-from conformance.repro import rebuild_case, recheck
-
-ADAPTER = {adapter!r}
-CHECK = {check!r}
-SPEC = {spec!r}
-OPTIONS = json.loads({options!r})
-INPUTS = base64.b64decode(
-{blob}
-)
-
-case = rebuild_case(io.BytesIO(INPUTS), OPTIONS)
-sys.exit(recheck(ADAPTER, CHECK, case, spec_file=SPEC))
+sys.exit(main(Path(__file__).resolve().with_suffix(".json")))
 '''
 
 
 def write_repro(out_dir: Path, result: dict[str, Any], npz: bytes, *, spec_file: str,
                 adapter_spec: str | None = None) -> Path:
-    """Write ``repro/repro_<id>.py`` under ``out_dir``; ``adapter_spec`` is what resolve()
-    takes to rebuild the adapter (default: the result's adapter name)."""
+    """Write ``repro/repro_<id>.py`` (with its ``.json`` and ``.npz``) under ``out_dir`` and
+    return the script's path relative to ``out_dir``; ``adapter_spec`` is what resolve() takes
+    to rebuild the adapter (default: the result's adapter name)."""
     ce = (result.get("failure") or {}).get("counterexample") or {}
     options = {k: ce.get(k) for k in ("reduction", "ignore_index", "label_smoothing", "legacy", "purpose")}
-    b64 = base64.b64encode(npz).decode()
-    blob = "\n".join(f"    {b64[i:i + 96]!r}" for i in range(0, len(b64), 96)) or "    ''"
-    name = f"repro_{safe_name(result['id'])}.py"
-    text = _TEMPLATE.format(rid=result["id"], message=(result.get("message") or "").replace('"""', "'''")[:300],
-                            filename=name, adapter=adapter_spec or result["adapter"], check=result["check"], spec=spec_file,
-                            options=json.dumps(options), blob=blob)
+    data = {"format": FORMAT, "id": result["id"], "adapter": adapter_spec or result["adapter"],
+            "check": result["check"], "spec": str(spec_file), "options": options,
+            "message": str(result.get("message") or "")[:2000]}
     folder = out_dir / "repro"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_text(text)
-    return path.relative_to(out_dir)
+    script = folder / f"repro_{safe_name(result['id'])}.py"
+    script.with_suffix(".npz").write_bytes(npz)
+    script.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
+    script.write_text(SCRIPT)
+    return script.relative_to(out_dir)
+
+
+def copy_repro(script: Path, dest: Path) -> None:
+    """Copy a reproduction (script, sidecar, inputs) to ``dest`` (a .py path)."""
+    for suffix in (".json", ".npz", ".py"):
+        dest.with_suffix(suffix).write_bytes(script.with_suffix(suffix).read_bytes())
+
+
+def main(sidecar: Path) -> int:
+    """What a reproduction script runs: 1 reproduces, 0 fixed, 2 cannot be checked."""
+    try:
+        data = json.loads(Path(sidecar).read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"not a ce-conformance reproduction (format {FORMAT!r})")
+        adapter, check, spec = (str(data[k]) for k in ("adapter", "check", "spec"))
+        options = data.get("options") or {}
+        if not isinstance(options, dict):
+            raise ValueError("'options' is not an object")
+        with open(Path(sidecar).with_suffix(".npz"), "rb") as f:
+            case = rebuild_case(f, options)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"cannot read the reproduction data next to the script ({sidecar}): {exc}", file=sys.stderr)
+        return 2
+    print(f"reproducing {data.get('id', '')!s}")
+    if data.get("message"):
+        print(f"recorded failure: {data['message']}")
+    try:
+        return recheck(adapter, check, case, spec_file=spec)
+    except Exception:  # noqa: BLE001 - the suite, not the adapter, failed: not "still reproduces"
+        traceback.print_exc()
+        print("the reproduction could not be checked (see the traceback above)", file=sys.stderr)
+        return 2
 
 
 def rebuild_case(fileobj, options: dict[str, Any]):

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from . import spec_consistency
 from .formula import CONSTANTS, FUNCTIONS
 from .spec import INPUT_NAMES, Formula, Spec, SpecError, load
 
@@ -97,6 +98,7 @@ def validate(paths: list[str], console: Console | None = None, *, err_console: C
             if problem is not None:
                 raise problem
             spec = load(file)
+            spec_consistency.check(spec)  # special cases against the formulas (about a second)
         except SpecError as exc:
             _report(err, exc)
             failed += 1

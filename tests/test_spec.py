@@ -387,7 +387,7 @@ def test_loader_never_executes_code(capsys, registries, monkeypatch, tmp_path):
     assert_reported(capsys, file, line, col, "only plain function calls", "a formula is data and is never executed")
     file, line, col = edit_value(tmp_path, ("summary",), f"!!python/object/apply:os.system ['touch {marker}']")
     assert_reported(capsys, file, line, col, "not valid YAML: could not determine a constructor",
-                    "a spec is plain data (safe YAML)")
+                    "is plain data (safe YAML)")
     assert not marker.exists()
 
 
