@@ -1,77 +1,40 @@
-"""Run one check in a child process, so that a crash cannot take the run down with it.
+"""One check in a worker process of its own, for adapters that may end their process on
+invalid input.
 
 On CUDA an out-of-range class index trips a device-side assert that leaves the CUDA context
 unusable for the rest of the process (every later call raises). Adapters list the check
-kinds that must run isolated in ``isolate_kinds`` (``torch-cuda``: the error contract); the
-engine then calls :func:`run_isolated`, which starts ``python -m conformance.isolation``,
-and reads the child's result from its last line of output. A child that dies (an abort, a
-segfault, a hard device fault) without reporting is recorded, and the run goes on.
+kinds that must run this way in ``isolate_kinds`` (``torch-cuda``: the error contract); each
+such check gets a fresh :class:`conformance.worker.AdapterWorker` that serves it alone, so
+a poisoned context never reaches another check. Seed, ``derandomize`` (``--ci``), the example
+database and the gate travel with it, as for every worker. An error check whose worker dies
+without reporting has rejected its invalid input by ending the process: that is recorded as
+passed, with the exit code; any other check's death is an error.
 """
 from __future__ import annotations
 
-import base64
-import json
-import subprocess
-import sys
+from typing import Any
 
-from .engine import CheckResult
-
-_MARK = "CE-CONFORMANCE-RESULT "
+from .worker import DEFAULT_TIMEOUT, AdapterWorker, WorkerDied, error_result
 
 
 def run_isolated(adapter_source: str, check, *, profile: str, seed: int | None, spec_file: str,
-                 timeout: float = 600, name: str | None = None) -> CheckResult:
-    cmd = [sys.executable, "-m", "conformance.isolation", adapter_source, check.id, profile,
-           "none" if seed is None else str(seed), spec_file]
-    res = CheckResult(name or adapter_source, check.id, check.kind, check.clause, check.description, "error",
-                      severity=check.severity)
+                 timeout: float = DEFAULT_TIMEOUT, name: str | None = None, derandomize: bool = False,
+                 database_dir: str | None = None, gate_json: dict[str, Any] | None = None):
+    """Run ``check`` in a fresh worker process for ``adapter_source`` and return its CheckResult."""
+    name = name or adapter_source
+    w = AdapterWorker(adapter_source, name=name, spec_file=spec_file, profile=profile, timeout=timeout)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        res.message = f"the isolated child process ran past {timeout:.0f} s and was killed"
-        return res
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(_MARK):
-            d = json.loads(line[len(_MARK):])
-            d.pop("id", None)
-            blob = d.pop("failure_inputs_b64", None)
-            out = CheckResult(**d)
-            out.failure_inputs = base64.b64decode(blob) if blob else None
-            out.message = (out.message + " " if out.message else "") + "(run in an isolated process)"
-            return out
-    # The child died without a verdict. Error checks only ever feed invalid inputs, so the
-    # implementation rejected one of them, by taking its process down.
-    tail = (proc.stderr or "")[-600:].strip()
-    if check.kind == "error":
-        res.status = "passed"
-        res.message = (f"the invalid input was rejected by ending the process (exit code {proc.returncode}); "
-                       f"isolated, so the run went on. stderr: {tail}")
-    else:
-        res.message = f"the isolated child process died (exit code {proc.returncode}) without a result: {tail}"
-    return res
-
-
-def _child(argv: list[str]) -> int:
-    adapter_source, check_id, profile, seed, spec_file = argv
-    from conformance.adapters import resolve
-
-    from .checks import Context, catalogue
-    from .engine import run_check
-    from .spec import load, load_default
-
-    spec = load(spec_file)
-    extra = {op: load_default(op) for op in ("log_softmax", "nll_loss")}
-    adapter = resolve(adapter_source)
-    check = next(c for c in catalogue(spec) if c.id == check_id)
-    ctx = Context(spec, adapter, profile=profile, extra_specs=extra)
-    r = run_check(ctx, check, seed=None if seed == "none" else int(seed), isolate=False)
-    d = r.to_json()
-    if r.failure_inputs:
-        d["failure_inputs_b64"] = base64.b64encode(r.failure_inputs).decode()
-    sys.stdout.write("\n" + _MARK + json.dumps(d, default=str) + "\n")
-    sys.stdout.flush()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1:]))
+        out = w.run(check, seed=seed, derandomize=derandomize, database_dir=database_dir, gate_json=gate_json,
+                    one_shot=True)
+    except WorkerDied as exc:
+        if check.kind == "error" and not exc.timed_out:
+            res = error_result(name, check, "")
+            res.status = "passed"
+            res.message = (f"the invalid input was rejected by ending the process (exit code {exc.returncode}); "
+                           f"isolated, so the run went on. stderr: {w.stderr_tail()}")
+            return res
+        return error_result(name, check, f"{exc.reason} (run in an isolated process)")
+    finally:
+        w.close()
+    out.message = (out.message + " " if out.message else "") + "(run in an isolated process)"
+    return out
