@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -72,6 +73,7 @@ class RankPool:
         self._procs: list[subprocess.Popen] = []
         self._conns: list[Connection] = []
         self._dir: str | None = None
+        self._sent_path: list[str] = []
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -82,6 +84,7 @@ class RankPool:
         self.close()
         self.generation += 1
         self._dir = tempfile.mkdtemp(prefix="ce-dist-")
+        self._sent_path = list(sys.path)
         store = os.path.join(self._dir, "store")
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         for rank in range(self.world_size):
@@ -143,9 +146,16 @@ class RankPool:
             raise ValueError(f"{len(payloads)} payloads for {self.world_size} ranks")
         if not self.alive:
             self.start()
-        for c, payload in zip(self._conns, payloads):
+        try:
+            blobs = [pickle.dumps((fn, p), protocol=pickle.HIGHEST_PROTOCOL) for p in payloads]
+        except Exception as exc:  # noqa: BLE001 - pickle raises several types
+            raise TypeError(f"cannot send {fn!r} to the ranks ({exc}); fix: make the rank implementation a "
+                            "module-level function or object that the workers can import") from None
+        path = list(sys.path) if sys.path != self._sent_path else None  # workers import what we can
+        self._sent_path = list(sys.path)
+        for c, blob in zip(self._conns, blobs):
             try:
-                c.out.send((fn, payload))
+                c.out.send((path, blob))
             except (OSError, ValueError) as exc:
                 self._fail(f"cannot send to a rank ({exc})")
         answers = self._collect(self.timeout, what="answer")
@@ -158,7 +168,7 @@ class RankPool:
         # Every rank raised. Keep the group only if it still completes a barrier.
         try:
             for c in self._conns:
-                c.out.send((_barrier, None))
+                c.out.send((None, pickle.dumps((_barrier, None))))
             probe = self._collect(min(self.timeout, 20.0), what="complete a barrier after raising")
             if any(a[0] != "ok" for a in probe):
                 self._fail("the group did not complete a barrier after every rank raised")
@@ -236,14 +246,20 @@ def _worker(inp: Connection, out: Connection) -> int:
             break
         if msg is None:
             break
-        fn, payload = msg
+        path, blob = msg
+        if path is not None:
+            sys.path[:] = path
         try:
+            fn, payload = pickle.loads(blob)  # here: a function this worker cannot import is an error
             answer = ("ok", fn(payload))
         except Exception as exc:  # noqa: BLE001 - an implementation may raise anything
             tb = traceback.extract_tb(exc.__traceback__)
             where = f" (at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno})" if tb else ""
             answer = ("error", f"{type(exc).__name__}: {exc}{where}")
-        out.send(answer)
+        try:
+            out.send(answer)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            out.send(("error", f"the rank's result cannot be sent back ({type(exc).__name__}: {exc})"))
     try:
         dist.destroy_process_group()
     except Exception:  # noqa: BLE001 - the parent is gone or closing

@@ -11,7 +11,9 @@
 One process group per world size is started for the whole module (the adapter's ``fn`` is
 swapped between implementations, the group stays), so the module runs in about a minute.
 """
+import importlib.util
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +33,7 @@ from conformance.engine import run_check  # noqa: E402
 from conformance.oracle import Oracle  # noqa: E402
 from conformance.spec import load_default  # noqa: E402
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SPEC = load_default()
 CHECKS = {c.id: c for c in catalogue(SPEC)}
 ORACLE = Oracle(SPEC)
@@ -39,12 +42,13 @@ ORACLE = Oracle(SPEC)
 @pytest.fixture(scope="module")
 def adapters():
     made: dict[int, ReferenceVocabParallel] = {}
+    caps = ReferenceVocabParallel(world_size=1).capabilities
 
     def get(ws: int) -> ReferenceVocabParallel:
         if ws not in made:
             made[ws] = ReferenceVocabParallel(world_size=ws)
         a = made[ws]
-        a.fn, a.capabilities = vocab_parallel_cross_entropy, replace(a.capabilities, variants=frozenset())
+        a.fn, a.capabilities = vocab_parallel_cross_entropy, replace(caps, world_size=ws)
         a.pool.timeout = 60.0
         return a
 
@@ -189,6 +193,45 @@ def test_megatron_convention_values(adapters):
 def test_the_megatron_adapter_declares_the_variant():
     a = ReferenceVocabParallelMegatron(world_size=2)
     assert a.capabilities.variants == {"label_smoothing_megatron"} and a._pool is None
+
+
+# --------------------------------------------------------------------------- megatron-core
+def _megatron_core(adapters, monkeypatch, ws):
+    """The ws group running megatron-core (examples/megatron_vocab_adapter.py), on a copy."""
+    if importlib.util.find_spec("megatron") is None:
+        pytest.skip("megatron-core is not installed (pip install --no-deps megatron-core)")
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    import megatron_vocab_adapter as m
+
+    a = adapters(ws)
+    a.fn = m.megatron_on_a_copy
+    a.capabilities = replace(m.MegatronVocabParallel(world_size=ws).capabilities, dtypes=frozenset({"float32"}))
+    return a
+
+
+def test_megatron_core_smoothing_is_right_on_one_rank_and_splits_ranks_on_two(adapters, monkeypatch):
+    case = _case(C=8, label_smoothing=0.3, reduction="none", target=(0, 5, 7))
+    one = _megatron_core(adapters, monkeypatch, 1).call(case)
+    exact = Oracle(SPEC.with_variants(["label_smoothing_megatron"])).evaluate(case, gradients=False)
+    np.testing.assert_allclose(one.value, exact.value, rtol=1e-6)
+    # its smoothing term uses the local vocabulary size and mean: every rank computes its own loss
+    with pytest.raises(RanksDisagree, match=r"^ranks disagree: rank 0 loss=.*, rank 1 loss="):
+        _megatron_core(adapters, monkeypatch, 2).call(case)
+
+
+def test_megatron_core_accepts_out_of_range_labels(adapters, monkeypatch):
+    a = _megatron_core(adapters, monkeypatch, 2)
+    for cid in ("error.target_out_of_range_high", "error.target_out_of_range_negative"):
+        r = run_check(Context(SPEC, a, profile="quick"), CHECKS[cid], seed=0)
+        assert r.status == "failed" and "accepted invalid input" in r.failure["message"], cid
+
+
+def test_a_rank_implementation_the_workers_cannot_import_is_named(adapters):
+    a = adapters(2)
+    a.fn = lambda logits, target, **kw: logits.sum()
+    with pytest.raises(TypeError, match=r"cannot send .* to the ranks .*fix: make the rank implementation a "
+                                        r"module-level function"):
+        a.call(_case())
 
 
 # --------------------------------------------------------------------------- configs
