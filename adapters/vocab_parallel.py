@@ -42,6 +42,11 @@ class RanksDisagree(AssertionError):
     """The ranks returned different losses for the same call: a failure of its own."""
 
 
+class RankError(Exception):
+    """Every rank raised (the message is rank 0's ``Type: message``): the implementation
+    rejected the input, as the error-contract checks want."""
+
+
 @dataclass(frozen=True)
 class VocabParallelCapabilities(Capabilities):
     """Capabilities plus the sharding constraint of the library: with ``even_shards`` a
@@ -363,8 +368,10 @@ class VocabParallelAdapter(Adapter):
                   "ignore_index": case.ignore_index, "reduction": case.reduction,
                   "label_smoothing": case.label_smoothing, "gradient": gradient, "upstream": upstream,
                   "device": self.device} for a, b in bounds]
+        pool = self.pool
+        pool.timeout = self.timeout  # settable between calls
         try:
-            outs = self.pool.run(run_rank, tasks)
+            outs = pool.run(run_rank, tasks)
         except AllRanksRaised as exc:
             raise RankError(str(exc)) from None
         mutated = sorted({n for o in outs for n in o["mutated"]})
@@ -393,10 +400,6 @@ class VocabParallelAdapter(Adapter):
         except ImportError:
             pass
         return d
-
-
-class RankError(Exception):
-    """Every rank raised the same way: the implementation rejected the input."""
 
 
 class ReferenceVocabParallel(VocabParallelAdapter):
