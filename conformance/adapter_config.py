@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from conformance import safe_yaml
 from conformance.adapters import AdapterError
 from conformance.adapters.base import ALL_FEATURES, Adapter
 
@@ -57,21 +58,12 @@ def is_config_name(spec: str) -> bool:
 # --------------------------------------------------------------------------- YAML with lines
 def load_with_lines(path: str | Path, *, what: str) -> tuple[Any, dict[tuple, int]]:
     """The document at ``path`` and the 1-based line of every key/item, keyed by its path
-    (tuple of keys and list indices; the key itself for mappings)."""
-    p = Path(path)
+    (tuple of keys and list indices; the key itself for mappings). Read with the bounded
+    loader of :mod:`conformance.safe_yaml`, as specs are; known-divergence files use it too."""
     try:
-        text = p.read_text()
-    except OSError as exc:
-        raise AdapterConfigError(str(path), None, f"cannot read {what}: {exc.strerror}",
-                                 "check the path (relative paths start from the current folder)") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise AdapterConfigError(str(path), mark.line + 1 if mark else None,
-                                 f"not valid YAML ({getattr(exc, 'problem', None) or exc})",
-                                 "fix the YAML syntax at that line") from None
+        doc, node = safe_yaml.load_file(path, what=what)  # bounded: aliases, depth, size
+    except safe_yaml.YamlFileError as exc:
+        raise AdapterConfigError(str(path), exc.line, exc.problem, exc.fix) from None
     lines: dict[tuple, int] = {}
 
     def walk(n, at: tuple):

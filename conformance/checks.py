@@ -48,6 +48,8 @@ class Context:
     adapter: Adapter
     profile: str = "default"
     extra_specs: dict[str, Spec] = field(default_factory=dict)
+    #: Option classes the engine pins for the examples being drawn now (conformance.gate.OPTION_CLASSES).
+    pins: dict[str, str] = field(default_factory=dict)
 
     def twin(self) -> Adapter:
         """The CPU twin of a device adapter (``adapter.cpu_twin`` names a built-in)."""
@@ -159,7 +161,11 @@ def _judge_call(ctx: Context, check_id: str, case: Case, res, *, gradient: bool)
 
 
 def _request(ctx: Context, **kw):
-    return strat.request_for(ctx.spec, ctx.adapter.capabilities, profile=ctx.profile, **kw)
+    req = strat.request_for(ctx.spec, ctx.adapter.capabilities, profile=ctx.profile, **kw)
+    if ctx.pins:
+        # option classes fixed by the engine (a covering-array row, a signature's shrink search)
+        req = strat.Request(**{**req.__dict__, "pins": tuple(sorted(ctx.pins.items()))})
+    return req
 
 
 def _draw_case(ctx: Context, draw, check_id: str, *, legacy: bool = True, **kw) -> Case:

@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--check", action="append", default=[], help="only checks whose id starts with this")
     r.add_argument("-n", "--workers", default=None, help="pytest-xdist workers (e.g. auto)")
     r.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    r.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="per-check timeout for an adapter (default 600); a hung adapter costs one timeout, "
+                        "then its remaining checks are errors")
+    r.add_argument("--no-isolation", action="store_true",
+                   help="run adapters in this process: no worker processes, no crash containment, no timeout")
 
     s = sub.add_parser("spec", help="validate or show spec files")
     ssub = s.add_subparsers(dest="spec_command", required=True)
@@ -71,6 +76,45 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _error(message: str) -> int:
+    """Print ``error: message`` as one line (never read as rich markup: paths and adapter names
+    may hold brackets) and return the usage-error exit code, 2."""
+    from rich.text import Text
+
+    ERR.print(Text.assemble(("error:", "red"), " ", str(message)))
+    return 2
+
+
+def _path_problem(path: str, *, folder: bool, option: str) -> str | None:
+    """Why ``path`` cannot be written (a folder to create and fill, or one file), else None.
+
+    Checked before any work starts, so that a bad --out is one line and exit 2 rather than a
+    traceback after the run."""
+    import os
+    import tempfile
+
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        return f"{option} {path}: is a file, not a folder; fix: give a folder (it is created if missing)"
+    if not folder and p.is_dir():
+        return f"{option} {path}: is a folder; fix: give a file name"
+    parent = p if folder else p.parent
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return f"{option} {path}: {probe} is a file, so nothing can be created under it; fix: choose another path"
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".ce-write-check-"):
+            pass
+    except OSError as exc:
+        return f"{option} {path}: cannot write there ({exc.strerror or exc}); fix: choose a writable path"
+    if not folder and p.exists() and not os.access(p, os.W_OK):
+        return f"{option} {path}: the file is read-only; fix: choose a writable path"
+    return None
+
+
 def _known_default(adapters: list[str]) -> list[str]:
     folder = Path(__file__).parent / "known"
     return sorted(str(p) for p in folder.glob("*.yaml")) if folder.exists() else []
@@ -79,31 +123,43 @@ def _known_default(adapters: list[str]) -> list[str]:
 def cmd_run(args) -> int:
     import pytest
 
+    from . import spec_consistency
     from .session import ConfigError, load_adapters, load_known
-    from .spec import SpecError, load
+    from .spec import SpecError, load, load_default
 
+    problem = _path_problem(args.out, folder=True, option="--out")
+    if problem:
+        return _error(problem)
     try:
-        if args.spec:
-            load(args.spec)
+        spec = load(args.spec) if args.spec else load_default()
         adapters = load_adapters(args.adapter)
         known = args.known if args.known is not None else _known_default(list(adapters))
         load_known(known)
         if args.baseline:
             from .session import load_baseline
             load_baseline(args.baseline)
+        spec_consistency.check(spec)  # last: it costs about a second, the checks above far less
     except (SpecError, ConfigError) as exc:
-        ERR.print(f"[red]error:[/] {exc}")
-        return 2
+        return _error(str(exc))
     for a in adapters.values():
         why = a.unavailable()
         ERR.print(f"adapter {a.name}: " + (f"[yellow]skipped ({why})[/]" if why else "[green]ready[/]"))
     out = Path(args.out)
+    from .results import move_aside_stale
+    moved = move_aside_stale(out)
+    if moved is not None:
+        ERR.print(f"reports of an earlier run in {out} moved to {moved}")
+        if args.baseline:
+            b = Path(args.baseline).resolve()
+            if b.parent == out.resolve() and (moved / b.name).exists():
+                args.baseline = str(moved / b.name)
     suite = Path(__file__).with_name("suite.py")
+    junit_tmp = out / ".junit.xml.tmp"  # renamed to junit.xml once pytest has written it whole
     pargs = [str(suite), "-p", "no:cacheprovider", "-q", "--no-header", "-rN", "--tb=no",
-             f"--junitxml={out / 'junit.xml'}", "-o", "junit_family=xunit2", "-o", "console_output_style=count",
+             f"--junitxml={junit_tmp}", "-o", "junit_family=xunit2", "-o", "console_output_style=count",
              "-W", "ignore:record_property is incompatible:pytest.PytestWarning",
              "-W", "ignore::pytest.PytestAssertRewriteWarning",
-             f"--ce-profile={args.profile}", f"--ce-out={out}"]
+             f"--ce-profile={args.profile}", f"--ce-out={out}", f"--ce-timeout={args.timeout}"]
     for a in args.adapter:
         pargs.append(f"--ce-adapter={a}")
     for k in known:
@@ -116,6 +172,8 @@ def cmd_run(args) -> int:
         pargs.append("--ce-derandomize")
     if args.strict:
         pargs.append("--ce-strict")
+    if args.no_isolation:
+        pargs.append("--ce-no-isolation")
     if args.spec:
         pargs.append(f"--ce-spec={args.spec}")
     if args.baseline:
@@ -125,22 +183,48 @@ def cmd_run(args) -> int:
             ERR.print("[red]error:[/] -n needs pytest-xdist: pip install pytest-xdist")
             return 2
         pargs += ["-n", str(args.workers)]
+    import signal
+
     from . import pytest_plugin
     pytest_plugin._STATE.clear()  # a fresh run: main() may be called more than once in a process
     pytest_plugin._STATE["argv"] = ["ce-conformance"] + (sys.argv[1:] if argv_is_cli() else [])
-    code = pytest.main(pargs)
-    results_file = out / "results.json"
-    if results_file.exists() and not args.no_report:
-        _render_report([str(results_file)], out)
-    if code == pytest.ExitCode.OK:
-        return 0
-    if code == pytest.ExitCode.TESTS_FAILED:
-        return 1
-    if code == pytest.ExitCode.INTERRUPTED:
-        ERR.print(f"[yellow]interrupted: partial results in {out}[/]")
+    previous = pytest_plugin.install_sigterm()  # SIGTERM = SIGINT: reports written, exit 2
+    try:
+        code = pytest.main(pargs)
+        pytest_plugin._STATE["finishing"] = True  # a late SIGTERM is recorded, the reports still written
+        if junit_tmp.exists():
+            junit_tmp.replace(out / "junit.xml")
+        results_file = out / "results.json"
+        if results_file.exists() and not args.no_report:
+            _render_report([str(results_file)], out)
+        return _run_exit_code(code, out, pytest_plugin._STATE)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_exit_code(code, out: Path, state: dict) -> int:
+    """0 only when results.json exists and says every check passed (whatever pytest says)."""
+    import pytest
+
+    from .results import load
+
+    if code == pytest.ExitCode.INTERRUPTED or state.get("sigterm"):
+        ERR.print(f"[yellow]interrupted{' (SIGTERM)' if state.get('sigterm') else ''}: "
+                  f"the reports in {out} hold the checks that finished[/]")
         return 2
-    ERR.print(f"[red]error:[/] the run ended with pytest exit code {int(code)}")
-    return 2
+    if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        return _error(f"the run ended with pytest exit code {int(code)}")
+    try:
+        doc = load(out / "results.json")
+    except ValueError as exc:
+        return _error(f"the run wrote no usable results.json ({exc})")
+    results = doc.get("results") or []
+    if state.get("total") and len(results) != state["total"]:
+        return _error(f"results.json holds {len(results)} results for {state['total']} checks run")
+    if code == pytest.ExitCode.TESTS_FAILED or any(r.get("status") in ("failed", "error", "flaky") for r in results):
+        return 1
+    return 0
 
 
 def argv_is_cli() -> bool:
@@ -153,17 +237,44 @@ def _render_report(files: list[str], out: Path) -> int:
     except ImportError as exc:
         ERR.print(f"[yellow]HTML report skipped: {exc} (pip install 'ce-conformance[report]')[/]")
         return 0
+    problem = _path_problem(str(out), folder=True, option="--out")
+    if problem:
+        return _error(problem)
     try:
         path = render(files, out)
     except ValueError as exc:
-        ERR.print(f"[red]error:[/] {exc}")
-        return 2
+        return _error(str(exc))
+    except OSError as exc:
+        return _error(f"cannot write the report to {out}: {exc.strerror or exc}")
     ERR.print(f"report: {path}")
     return 0
 
 
 def cmd_report(args) -> int:
-    return _render_report(args.results, Path(args.out))
+    """Render results files; a ``results.partial.jsonl`` (a run killed before it finished)
+    first becomes a full report in --out: results.json, junit.xml, failures/ and repro/."""
+    from .results import recover
+
+    out = Path(args.out)
+    partial = [f for f in args.results if f.endswith(".jsonl")]
+    if len(partial) > 1:
+        return _error(f"{len(partial)} partial results files given; fix: rebuild one at a time, each with its own --out")
+    files = []
+    for f in args.results:
+        if f not in partial:
+            files.append(f)
+            continue
+        problem = _path_problem(str(out), folder=True, option="--out")
+        if problem:
+            return _error(problem)
+        try:
+            path, truncated = recover(f, out)
+        except ValueError as exc:
+            return _error(str(exc))
+        ERR.print(f"rebuilt {path} and {out / 'junit.xml'} from {f}"
+                  + (" (its last line was cut short and is left out)" if truncated else ""))
+        files.append(str(path))
+    return _render_report(files, out)
 
 
 def cmd_spec(args) -> int:
@@ -181,22 +292,37 @@ def cmd_diff(args) -> int:
     try:
         old, new = load(args.old), load(args.new)
     except ValueError as exc:
-        ERR.print(f"[red]error:[/] {exc}")
-        return 2
+        return _error(str(exc))
+    from .gate import explained, result_records
+
     o = {r["id"]: r for r in old["results"]}
     n = {r["id"]: r for r in new["results"]}
-    good = ("passed", "variant", "known", "fixed")
-    broke = sorted(i for i in n if n[i]["status"] in ("failed", "error") and o.get(i, {}).get("status") in good)
-    fixed = sorted(i for i in n if n[i]["status"] in good and o.get(i, {}).get("status") in ("failed", "error"))
+    good = ("passed", "variant", "known", "fixed", "permissive")
+    bad = ("failed", "error", "flaky")
+    broke = sorted(i for i in n if n[i]["status"] in bad and o.get(i, {}).get("status") in good)
+    fixed = sorted(i for i in n if n[i]["status"] in good and o.get(i, {}).get("status") in bad)
     added = sorted(set(n) - set(o))
     removed = sorted(set(o) - set(n))
+    # failure signatures (conformance/gate.py): what failed, on which option classes; a record
+    # inside a probed failure region of the other run counts as the same failure
+    def unexplained(a: dict, b: dict) -> list[tuple[str, dict]]:
+        return [(i, rec) for i, r in sorted(a.items()) for rec in result_records(r)
+                if rec.get("count", 1) and not explained(rec, result_records(b.get(i, {})))]
+    sig_new = unexplained(n, o)
+    sig_fixed = [(i, rec) for i, rec in unexplained(o, n) if i in n]
     con = Console(highlight=False, soft_wrap=True)
     for title, ids, style in (("broke", broke, "red"), ("fixed", fixed, "green"), ("new checks", added, "cyan"),
                               ("checks gone", removed, "yellow")):
         con.print(f"[{style}]{title}: {len(ids)}[/]")
         for i in ids:
-            con.print(f"  {i}" + (f"  {n[i]['message'][:200]}" if i in n and n[i].get("message") else ""))
-    return 1 if broke else 0
+            con.print(f"  {i}" + (f"  {n[i]['message'][:200]}" if i in n and n[i].get("message") else ""), markup=False)
+    for title, recs, style in (("new failure signatures", sig_new, "red"), ("fixed failure signatures", sig_fixed, "green")):
+        con.print(f"[{style}]{title}: {len(recs)}[/]")
+        for rid, rec in recs:
+            note = " (accepted: known or baseline)" if rec.get("accepted_by") else ""
+            con.print(f"  {rid.split('::')[0]}::{rec['key']}{note}", markup=False)
+    new_unaccepted = [rec for i, rec in sig_new if not rec.get("accepted_by") and n[i]["status"] in bad]
+    return 1 if broke or new_unaccepted else 0
 
 
 def cmd_repro(args) -> int:
@@ -205,20 +331,30 @@ def cmd_repro(args) -> int:
     try:
         doc = load(args.results)
     except ValueError as exc:
-        ERR.print(f"[red]error:[/] {exc}")
-        return 2
+        return _error(str(exc))
     match = [r for r in doc["results"] if r["id"] == args.id]
     if not match:
         ids = [r["id"] for r in doc["results"] if r["status"] in ("failed", "known")]
-        ERR.print(f"[red]error:[/] no result {args.id!r} in {args.results}; failures there: {', '.join(ids) or 'none'}")
-        return 2
+        return _error(f"no result {args.id!r} in {args.results}; failures there: {', '.join(ids) or 'none'}")
     f = match[0].get("failure") or {}
     if not f.get("repro"):
-        ERR.print(f"[red]error:[/] {args.id} has no failure to reproduce (status {match[0]['status']})")
-        return 2
+        return _error(f"{args.id} has no failure to reproduce (status {match[0]['status']})")
     src = Path(args.results).parent / f["repro"]
+    if not src.is_file():
+        return _error(f"{args.id}: the reproduction script {src} is missing; fix: keep the folder that "
+                      "results.json was written to intact, or rerun")
     if args.out:
-        Path(args.out).write_text(src.read_text())
+        from .repro import copy_repro
+
+        if Path(args.out).suffix != ".py":
+            return _error(f"--out {args.out}: give a .py file name (its .json and .npz are written beside it)")
+        problem = _path_problem(args.out, folder=False, option="--out")
+        if problem:
+            return _error(problem)
+        try:
+            copy_repro(src, Path(args.out))
+        except OSError as exc:
+            return _error(f"cannot copy the reproduction {src} to {args.out}: {exc.strerror or exc}")
         print(args.out)
     else:
         print(src)

@@ -99,7 +99,9 @@ def _one_hot(case: Case, draw):
     C = case.num_classes
     if np.any((t < 0) | (t >= C)) or np.any(t == case.ignore_index):
         return None
-    y = np.eye(C)[t].reshape(case.none_shape + (C,))
+    y = np.zeros((t.size, C))  # no (C, C) identity: C reaches 131072
+    y[np.arange(t.size), t] = 1.0
+    y = y.reshape(case.none_shape + (C,))
     y = np.moveaxis(y, -1, case.class_axis) if case.rank > 1 else y.reshape(C)
     return case.copy(target=np.ascontiguousarray(y.astype(np_dtype(case.dtype))), ignore_index=-100, purpose="one-hot probability target"), _same
 

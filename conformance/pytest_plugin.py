@@ -3,14 +3,18 @@
 Registered through the ``pytest11`` entry point, it stays inert unless the suite module is
 collected (``ce-conformance run`` does that, or ``pytest --pyargs conformance.suite``). It
 adds the ``--ce-*`` options, parametrises the suite, runs each item through
-:func:`conformance.engine.run_check`, and on the controlling process (xdist included)
-gathers the results into ``results.json``, failure inputs, repro scripts and a summary.
+:func:`conformance.engine.run_check` in the adapter's worker process (conformance/worker.py:
+one per adapter and pytest process, so an adapter that crashes, hangs or changes global state
+only costs its own checks; ``--ce-no-isolation`` runs them here instead), and on the
+controlling process (xdist included) gathers the results into ``results.json``, failure
+inputs, repro scripts and a summary. SIGTERM ends the run as SIGINT does: reports written.
 """
 from __future__ import annotations
 
 import base64
 import json
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -31,6 +35,10 @@ def pytest_addoption(parser):
     g.addoption("--ce-strict", action="store_true", help="known divergences fail too")
     g.addoption("--ce-baseline", default=None, help="a results.json: fail only on checks that passed there")
     g.addoption("--ce-check", action="append", default=[], help="only checks whose id starts with this (repeatable)")
+    g.addoption("--ce-timeout", type=float, default=600.0, metavar="SECONDS",
+                help="per-check timeout of an adapter's worker process (a hung adapter: one timeout, then error)")
+    g.addoption("--ce-no-isolation", action="store_true",
+                help="run adapters in this process (no worker processes: no crash containment, no timeout)")
 
 
 def _session_setup(config):
@@ -50,6 +58,8 @@ def _session_setup(config):
     _STATE["checks"] = [c for c in catalogue(spec) if not prefixes or any(c.id.startswith(p) for p in prefixes)]
     _STATE["known"] = load_known(config.getoption("--ce-known"))
     _STATE["baseline"] = load_baseline(config.getoption("--ce-baseline"))
+    from .session import make_filter
+    _STATE["gate"] = make_filter(_STATE["known"], _STATE["baseline"])
     return _STATE
 
 
@@ -78,20 +88,82 @@ def run_item(config, adapter_name: str, check_id: str):
     if why:
         res = CheckResult(adapter_name, check_id, check.kind, check.clause, check.description, "skipped", message=why)
     else:
-        ctx = state.setdefault("contexts", {}).get(adapter_name)
-        if ctx is None:
-            ctx = Context(state["spec"], adapter, profile=config.getoption("--ce-profile"),
-                          extra_specs=state["extra_specs"])
-            state["contexts"][adapter_name] = ctx
         seed = config.getoption("--ce-seed")
-        db = None if config.getoption("--ce-derandomize") else str(Path(".hypothesis") / "ce-conformance")
-        res = run_check(ctx, check, seed=seed, derandomize=config.getoption("--ce-derandomize"), database_dir=db)
+        derandomize = config.getoption("--ce-derandomize")
+        db = None if derandomize else os.path.abspath(Path(".hypothesis") / "ce-conformance")
+        source = getattr(adapter, "source", None)
+        if config.getoption("--ce-no-isolation") or not source:
+            if not source and not config.getoption("--ce-no-isolation") and adapter_name not in state.setdefault(
+                    "warned", set()):
+                state["warned"].add(adapter_name)
+                warnings.warn(f"ce-conformance: adapter {adapter_name} has no 'source' to rebuild it from in a "
+                              "worker process: its checks run in-process, unisolated", UserWarning, stacklevel=1)
+            ctx = state.setdefault("contexts", {}).get(adapter_name)
+            if ctx is None:
+                ctx = Context(state["spec"], adapter, profile=config.getoption("--ce-profile"),
+                              extra_specs=state["extra_specs"])
+                state["contexts"][adapter_name] = ctx
+            res = run_check(ctx, check, seed=seed, derandomize=derandomize, database_dir=db, gate=state["gate"])
+        else:
+            res = _run_in_worker(config, state, adapter_name, source, check, seed=seed, derandomize=derandomize,
+                                 database_dir=db)
     d = res.to_json()
     if res.failure_inputs:
         d["failure_inputs_b64"] = base64.b64encode(res.failure_inputs).decode()
     apply_known(d, state["known"], strict=config.getoption("--ce-strict"))
     apply_baseline(d, state["baseline"])
     return d
+
+
+def _run_in_worker(config, state, name: str, source: str, check, **kw):
+    """The check in the adapter's worker process (conformance/worker.py); kinds the adapter
+    lists in ``isolate_kinds`` get a fresh process each (conformance/isolation.py)."""
+    from .isolation import run_isolated
+    from .worker import AdapterWorker
+
+    adapter = state["adapters"][name]
+    gate = state.get("gate")
+    gate_json = gate.to_json() if gate is not None else None
+    timeout = config.getoption("--ce-timeout")
+    profile = config.getoption("--ce-profile")
+    if check.kind in getattr(adapter, "isolate_kinds", ()):
+        return run_isolated(source, check, profile=profile, spec_file=state["spec"].file, timeout=timeout,
+                            name=name, gate_json=gate_json, **kw)
+    workers = state.setdefault("workers", {})
+    if name not in workers:
+        workers[name] = AdapterWorker(source, name=name, spec_file=state["spec"].file, profile=profile,
+                                      timeout=timeout)
+    return workers[name].run(check, gate_json=gate_json, **kw)
+
+
+def _close_workers() -> None:
+    for w in _STATE.pop("workers", {}).values():
+        w.close()
+
+
+def _on_sigterm(signum, frame):
+    """SIGTERM (what CI sends) ends the run as SIGINT does: full reports, exit code 2. Once."""
+    _STATE["sigterm"] = True
+    if not _STATE.get("finishing"):
+        _STATE["finishing"] = True
+        raise KeyboardInterrupt
+
+
+def install_sigterm() -> object | None:
+    """Make SIGTERM raise KeyboardInterrupt in the main thread; return the previous handler
+    (None when nothing was installed: not the main thread, or someone else's handler)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is _on_sigterm:
+        return None
+    if previous not in (signal.SIG_DFL, None):
+        return None
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return previous
 
 
 def pytest_runtest_logreport(report):
@@ -109,7 +181,8 @@ def pytest_runtest_logreport(report):
 
 def _progress(d):
     marks = {"passed": "[green]PASS", "failed": "[red]FAIL", "known": "[yellow]KNOWN", "variant": "[cyan]VARIANT",
-             "not_supported": "[dim]N/S", "error": "[magenta]ERROR", "skipped": "[dim]SKIP", "fixed": "[blue]FIXED"}
+             "not_supported": "[dim]N/S", "error": "[magenta]ERROR", "skipped": "[dim]SKIP", "fixed": "[blue]FIXED",
+             "permissive": "[yellow]PERMISSIVE", "flaky": "[red]FLAKY"}
     con = _STATE.get("console")
     if con is None:
         return
@@ -123,25 +196,77 @@ def _progress(d):
 
 def pytest_collection_finish(session):
     items = [i for i in session.items if "ce_item" in getattr(i, "fixturenames", ())]
-    if not items:
-        return
-    _STATE["total"] = len(items)
-    _STATE["is_worker"] = hasattr(session.config, "workerinput")
-    _STATE["out"] = Path(session.config.getoption("--ce-out"))
+    if items:
+        _start(session.config, len(items))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """Under pytest-xdist the controlling process collects nothing: it starts here, when the
+    first worker reports its collection."""
+    n = sum("test_conformance[" in i for i in ids)
+    if n and "out" not in _STATE:
+        _start(node.config, n)
+
+
+def _start(config, total: int) -> None:
+    """Per-process start of a run: where results go; on the controlling process also the
+    partial file's header, the SIGTERM handler and the progress console."""
+    worker = hasattr(config, "workerinput")
+    _STATE["total"] = total
+    _STATE["is_worker"] = worker
+    # absolute: an adapter run in-process (--ce-no-isolation) may change the current folder
+    _STATE["out"] = Path(os.path.abspath(config.getoption("--ce-out")))
     _STATE["started"] = __import__("conformance.results", fromlist=["now"]).now()
+    _STATE["finishing"] = False
+    if worker:
+        return
     partial = _STATE["out"] / "results.partial.jsonl"
-    if partial.exists() and not hasattr(session.config, "workerinput"):
+    if partial.exists():
         partial.unlink()
-    if os.environ.get("CE_CONFORMANCE_PROGRESS", "1") != "0" and not hasattr(session.config, "workerinput"):
+    from .results import write_partial_header
+    write_partial_header(_STATE["out"], _partial_header(config, _session_setup(config)))
+    _STATE["sigterm_previous"] = install_sigterm()
+    if os.environ.get("CE_CONFORMANCE_PROGRESS", "1") != "0":
         from rich.console import Console
         _STATE["console"] = Console(stderr=True, highlight=False)
 
 
+def _partial_header(config, state) -> dict:
+    """What ``ce-conformance report results.partial.jsonl`` needs to rebuild a full report
+    after the run was killed: the spec, the run's options and how to rebuild each adapter."""
+    import sys
+
+    from .results import now, spec_info
+
+    adapters = state["adapters"]
+    return {
+        "spec": spec_info(state["spec"]),
+        "run": {"profile": config.getoption("--ce-profile"), "seed": config.getoption("--ce-seed"),
+                "derandomize": config.getoption("--ce-derandomize"), "strict": config.getoption("--ce-strict"),
+                "command": " ".join(state.get("argv") or sys.argv), "started": state.get("started") or now(),
+                "known_files": list(config.getoption("--ce-known")),
+                "adapters": [{"name": n, "framework": getattr(a, "framework", "?"), "device": getattr(a, "device", "?")}
+                             for n, a in adapters.items()]},
+        "adapter_sources": {n: getattr(a, "config_file", None) or getattr(a, "source", None) or n
+                            for n, a in adapters.items()},
+    }
+
+
 def pytest_sessionfinish(session, exitstatus):
+    _close_workers()
     if hasattr(session.config, "workerinput") or "out" not in _STATE:
         return
+    _STATE["finishing"] = True  # a SIGTERM from now on must not cut the reports short
     from .session import finish_run
-    finish_run(session.config, _STATE, interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
+    try:
+        finish_run(session.config, _STATE, interrupted=exitstatus == pytest.ExitCode.INTERRUPTED
+                   or bool(_STATE.get("sigterm")))
+    finally:
+        previous = _STATE.pop("sigterm_previous", None)
+        if previous is not None:
+            import signal
+            signal.signal(signal.SIGTERM, previous)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -25,7 +25,7 @@ MAX_POINTS = 5000  # ratios kept per adapter x dtype plot
 MAX_PLOTS = 40
 MAX_WORST = 5
 MAX_TEXT = 20000  # characters of a repro script / counterexample shown
-SHOWN = ("failed", "known", "error")
+SHOWN = ("failed", "flaky", "error", "permissive", "known")
 
 
 def _rid(r: dict[str, Any]) -> str:
@@ -127,7 +127,9 @@ def _svg_hist(values: list[float], title: str) -> str:
                 bins = np.linspace(0.0, hi, 31)
             ax.hist(pos, bins=bins, color="#4878a8")
         ax.axvline(1.0, color="#c03030", linestyle="--", linewidth=1)
-        ax.set_title(f"{title} ({len(vals)} values, {zeros} exact)", fontsize=8)
+        # The title holds an adapter's name: a `$` would start matplotlib math text (and an
+        # unbalanced one stops the report), so every `$` is escaped to a literal dollar sign.
+        ax.set_title(f"{title} ({len(vals)} values, {zeros} exact)".replace("$", r"\$"), fontsize=8)
         ax.set_xlabel("error / bound (<= 1 passes)", fontsize=7)
         ax.tick_params(labelsize=6)
         fig.tight_layout()
@@ -213,7 +215,13 @@ def _context(header: dict[str, Any], merged: dict[str, dict[str, Any]], base: di
         if cov:
             coverage[a] = {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in sorted(cov.items())}
 
+    tway: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in results:
+        t = r.get("tway")
+        if isinstance(t, dict) and isinstance(t.get("total"), int) and t["total"]:
+            tway[str(r.get("check"))][str(r.get("adapter"))] = t
     return {
+        "tway": dict(sorted(tway.items())),
         "spec": header.get("spec") or {}, "run": header.get("run") or {}, "adapter_info": header["adapters"],
         "summary": _results.summary(results), "all_statuses": _results.STATUSES,
         "adapters": adapters, "checks": checks, "matrix": matrix, "statuses": statuses,
@@ -255,6 +263,5 @@ def render(files: list[str], out_dir: Path) -> Path:
     html = _env().get_template("report.html.j2").render(**ctx)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "index.html"
-    path.write_text(html, encoding="utf-8")
-    return path
+    from .results import atomic_write
+    return atomic_write(out_dir / "index.html", html)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import results as resultsmod
+from .gate import WHEN_KEYS, WHEN_VALUES
 
 
 class ConfigError(ValueError):
@@ -44,10 +45,8 @@ _ADAPTER_KNOWN: list[tuple[str, str]] = []
 _FILE_KEYS = ("adapter", "known")
 _ENTRY_KEYS = ("check", "when", "reason", "link", "adapter")
 #: ``when`` keys: fields of the failure's counterexample (Case.describe) plus two tests.
-_WHEN_KEYS = ("dtype", "reduction", "target_kind", "regime", "ignore_index", "label_smoothing", "purpose",
-              "modifiers", "legacy", "message_contains", "label_smoothing_positive")
-_WHEN_VALUES = {"dtype": ("float16", "bfloat16", "float32", "float64"), "reduction": ("none", "sum", "mean"),
-                "target_kind": ("index", "probability")}
+#: ``when`` keys and their allowed values: conformance/gate.py.
+_WHEN_KEYS, _WHEN_VALUES = WHEN_KEYS, WHEN_VALUES
 
 
 def load_known(paths: list[str]) -> list[dict[str, Any]]:
@@ -97,42 +96,41 @@ def _load_known_file(p: str, default_adapter: str | None) -> list[dict[str, Any]
             if k not in _WHEN_KEYS:
                 raise bad(("known", i, "when", k), f"known[{i}].when: unknown key {k!r}{did_you_mean(k, _WHEN_KEYS)}",
                           f"use {', '.join(_WHEN_KEYS)}")
-            if k in _WHEN_VALUES and v not in _WHEN_VALUES[k]:
-                raise bad(("known", i, "when", k),
-                          f"known[{i}].when.{k}: unknown value {v!r}{did_you_mean(v, _WHEN_VALUES[k])}",
-                          f"use one of {', '.join(_WHEN_VALUES[k])}")
+            for one in (v if isinstance(v, list) else [v]):
+                if k in _WHEN_VALUES and str(one) not in _WHEN_VALUES[k]:
+                    raise bad(("known", i, "when", k),
+                              f"known[{i}].when.{k}: unknown value {one!r}{did_you_mean(str(one), _WHEN_VALUES[k])}",
+                              f"use one of {', '.join(_WHEN_VALUES[k])}")
         entries.append({"adapter": str(e.get("adapter", file_adapter)), "check": str(e["check"]),
                         "when": when, "reason": e["reason"], "link": e.get("link", ""),
                         "file": p, "index": i, "matched": 0})
     return entries
 
 
-def _when_matches(when: dict[str, Any], result: dict[str, Any]) -> bool:
-    failure = result.get("failure") or {}
-    ce = failure.get("counterexample") or {}
-    for key, want in when.items():
-        if key == "message_contains":
-            if str(want) not in (failure.get("message") or ""):
-                return False
-        elif key == "label_smoothing_positive":
-            if bool(want) != (isinstance(ce.get("label_smoothing"), (int, float)) and ce["label_smoothing"] > 0):
-                return False
-        elif ce.get(key) != want:
-            return False
-    return True
-
-
 def apply_known(result: dict[str, Any], entries: list[dict[str, Any]], *, strict: bool) -> None:
+    """Bookkeeping after a check: count the entries that accepted its failing examples (the
+    engine applied them per example, conformance/gate.py), fail accepted known divergences and
+    permissive SHOULD clauses under ``--strict``, and report entries whose check now passes."""
+    by_entry = {(e["file"], e["index"]): e for e in entries}
+    accepted_by_known = False
+    for rec in result.get("failures") or []:
+        acc = rec.get("accepted_by") or {}
+        if acc.get("by") == "known":
+            accepted_by_known = True
+            e = by_entry.get((acc.get("file"), acc.get("index")))
+            if e is not None:
+                e["matched"] += 1
+    if strict and result["status"] == "known" and accepted_by_known:
+        result["status"] = "failed"
+        result["message"] = "--strict: a known divergence fails the run: " + (result.get("message") or "")
+    if strict and result["status"] == "permissive":
+        result["status"] = "failed"
+        result["message"] = "--strict: a SHOULD clause that is not enforced fails the run: " + (result.get("message") or "")
+    if result["status"] != "passed":
+        return
     for e in entries:
-        if not fnmatch.fnmatchcase(result["adapter"], e["adapter"]) or not fnmatch.fnmatchcase(result["check"], e["check"]):
-            continue
-        if result["status"] == "failed" and _when_matches(e["when"], result):
-            e["matched"] += 1
-            result["known"] = {k: e[k] for k in ("reason", "link", "file", "index")}
-            if not strict:
-                result["status"] = "known"
-            return
-        if result["status"] == "passed" and not e["when"]:
+        if (not e["when"] and fnmatch.fnmatchcase(result["adapter"], e["adapter"])
+                and fnmatch.fnmatchcase(result["check"], e["check"])):
             result["known"] = {k: e[k] for k in ("reason", "link", "file", "index")}
             result["status"] = "fixed"
             result["message"] = (f"listed as a known divergence ({e['file']} entry {e['index']}) but passed: "
@@ -141,26 +139,54 @@ def apply_known(result: dict[str, Any], entries: list[dict[str, Any]], *, strict
             return
 
 
-def load_baseline(path: str | None) -> dict[str, str]:
-    """Statuses by result id from an earlier results.json (empty without one)."""
+def load_baseline(path: str | None) -> dict[str, Any]:
+    """What an earlier results.json says: ``statuses`` by result id, the failure
+    ``signatures`` (signature keys) by result id, and ``whole``: ids not passing there whose
+    failures carry no signature (an ``error``, or a file written before signatures)."""
+    out: dict[str, Any] = {"statuses": {}, "signatures": {}, "whole": []}
     if not path:
-        return {}
+        return out
+    from .gate import signature_from_failure, signature_key
+
     try:
         doc = resultsmod.load(path)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return {r["id"]: r["status"] for r in doc["results"]}
+    for r in doc["results"]:
+        rid = r.get("id") or f"{r.get('adapter')}::{r.get('check')}"
+        out["statuses"][rid] = r.get("status")
+        if r.get("status") in ("passed", "variant", "fixed", "not_supported", "skipped"):
+            continue
+        keys: list[Any] = [{"key": f["key"], "signature": f.get("signature") or {}, "pattern": f.get("pattern")}
+                           for f in r.get("failures") or [] if isinstance(f, dict) and isinstance(f.get("key"), str)]
+        if not keys and r.get("failure"):
+            sig = signature_from_failure(r["check"], r.get("kind", ""), r["failure"])
+            keys = [signature_key(r["check"], sig)] if sig else []
+        if keys:
+            out["signatures"][rid] = keys
+        else:
+            out["whole"].append(rid)
+    return out
 
 
-def apply_baseline(result: dict[str, Any], baseline: dict[str, str]) -> None:
-    """With a baseline, only checks that passed there can fail now."""
-    if not baseline or result["status"] not in ("failed", "error"):
+def make_filter(known: list[dict[str, Any]], baseline: dict[str, Any]):
+    """The per-example filter the engine applies (conformance.gate.FailureFilter)."""
+    from .gate import FailureFilter
+
+    return FailureFilter(known=known, baseline=dict(baseline.get("signatures", {})),
+                         baseline_whole=list(baseline.get("whole", [])))
+
+
+def apply_baseline(result: dict[str, Any], baseline: dict[str, Any]) -> None:
+    """A suite ``error`` that the baseline had too is not new. (Failures were already judged
+    per example, by signature, inside the search.)"""
+    if not baseline or result["status"] != "error":
         return
-    before = baseline.get(result["id"])
-    if before not in ("passed", "variant", "fixed"):
-        result["baseline"] = before or "absent"
+    before = baseline.get("statuses", {}).get(result["id"])
+    if before in ("error", "failed"):
+        result["baseline"] = before
         result["status"] = "known"
-        result["known"] = {"reason": f"not passing in the baseline either ({before or 'absent there'})",
+        result["known"] = {"reason": f"not passing in the baseline either ({before})",
                            "link": "", "file": "baseline", "index": 0}
 
 

@@ -1,9 +1,12 @@
 """Stage 1 of the pipeline: load a YAML spec, validate it, and turn it into typed objects.
 
-The spec is data: ``yaml`` safe loading only, a JSON Schema for its shape
-(``specs/spec.schema.json``) and the formula language (:mod:`conformance.formula`) for its
-formulas. Every error names the file, line and column, the offending key or value and, for
-typos, the nearest valid key.
+The spec is data: bounded safe YAML (:mod:`conformance.safe_yaml`), a JSON Schema for its
+shape (``specs/spec.schema.json``) and the formula language (:mod:`conformance.formula`) for
+its formulas. Beyond its shape, a spec must be sane before any adapter is judged by it
+(:func:`_check_values`, :func:`_check_tolerances`): every number finite and of ordinary size,
+tolerances within stated bounds, every formula reading only what its path binds. Every error
+names the file, line and column, the offending key or value and, for typos, the nearest
+valid key; a faulty spec never reaches an adapter.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import difflib
 import hashlib
 import json
 import keyword
+import math
 import re
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -21,11 +25,23 @@ from typing import Any, Mapping
 import jsonschema
 import yaml
 
+from . import safe_yaml
 from .formula import _AXIS_FUNCTIONS, CONSTANTS, FUNCTIONS, Formula, FormulaError, parse
 
 #: Names every formula may read: the canonical inputs of specs/README.md.
 INPUT_NAMES = frozenset({"x", "t", "y", "w", "g", "eps", "ignore_index", "C", "P"})
+#: The inputs each target path binds (conformance/case.py: Case.canonical): the index path
+#: has class indices t and no probabilities y, the probability path the other way round.
+PATH_INPUTS = {"index": INPUT_NAMES - {"y"}, "probability": INPUT_NAMES - {"t"}}
 REDUCTIONS = ("none", "sum", "mean")
+#: Unit roundoff of each dtype: a tolerance row's ``u`` must be this unless it gives ``u_reason``.
+UNIT_ROUNDOFF = {"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8, "float32": 2.0 ** -24, "float64": 2.0 ** -53}
+#: Bounds of every ``k_*`` multiplier of a tolerance row.
+K_BOUNDS = (1.0, 1024.0)
+#: Bounds of a ``u`` given with a ``u_reason`` (any other ``u`` is a unit roundoff).
+U_BOUNDS = (2.0 ** -64, 2.0 ** -4)
+#: Largest integer a spec may write (the oracle computes in float64).
+MAX_INT = 2 ** 53
 
 
 class SpecError(Exception):
@@ -102,6 +118,9 @@ class DtypeTolerance:
     k_forward: float
     k_reduce: float
     k_gradient: float
+    #: Further ``k_*`` / ``u_*`` constants of the row (checked like the four above).
+    extra: dict[str, float] = field(default_factory=dict, compare=False)
+    u_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,6 +130,11 @@ class Tolerances:
     dtypes: dict[str, DtypeTolerance]
     #: Error scale of the gradient w.r.t. probability targets (per position), if any.
     gscale_target: Formula | None = None
+    #: What sums over classes in any order may lose, in units of gamma (specs/README.md):
+    #: per position (forward), per gradient element, per target-gradient element.
+    accumulate: Formula | None = None
+    gaccumulate: Formula | None = None
+    gaccumulate_target: Formula | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +155,8 @@ class Spec:
     metamorphic: dict[str, Metamorphic] = field(repr=False)
     tolerances: Tolerances = field(repr=False)
     applied_variants: tuple[str, ...] = ()
+    #: Where each value of the file is (for errors found after loading, e.g. spec_consistency).
+    marks: Any = field(default=None, repr=False, compare=False)
 
     @property
     def domains(self) -> dict[str, Any]:
@@ -163,13 +189,13 @@ def _schema() -> dict:
 class _Marks:
     """The YAML node behind every value of a document, addressed by its JSON path.
 
-    Built with ``yaml.compose`` (SafeLoader): nodes only, nothing is constructed, so the
-    positions are available even for values the schema rejects.
+    The nodes are the ones :func:`conformance.safe_yaml.load` composed the document from,
+    so the positions are available even for values the schema rejects.
     """
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, root: yaml.Node | None):
         self.text = text
-        self.root = yaml.compose(text, Loader=yaml.SafeLoader)
+        self.root = root
         self.duplicates: list[tuple[tuple, yaml.Node, yaml.Node]] = []
         if self.root is not None:
             self._find_duplicates(self.root, ())
@@ -352,6 +378,13 @@ def _schema_error(err: jsonschema.ValidationError, file: str, marks: _Marks, raw
     if err.validator == "required":
         missing = [k for k in err.validator_value if k not in err.instance]
         name = missing[0] if missing else "?"
+        # A key that the schema's patterns allow (k_*, u_*) but that is close to a missing one is a typo.
+        extra = [k for k in err.instance if k not in err.schema.get("properties", {}) and k not in err.validator_value]
+        close = difflib.get_close_matches(name, [str(k) for k in extra], n=1)
+        if close:
+            line, col = marks.at(path + [close[0]], key=True)
+            return SpecError(file, line, col, f"'{close[0]}' is not a known key in {where}",
+                             f"did you mean '{name}'? (the required key '{name}' is missing)")
         if path:
             line, col = marks.at(path, key=True)
         return SpecError(file, line, col, f"{where}: the required key '{name}' is missing",
@@ -412,11 +445,20 @@ def _explain_formula(exc: FormulaError, known) -> tuple[str, str]:
     """(reason, fix) for a formula the language rejects; the fix names the nearest valid word."""
     msg = exc.message
     functions = ", ".join(sorted(FUNCTIONS))
+    if msg.startswith("the formula is"):  # over formula.MAX_CHARS or MAX_DEPTH
+        return msg, "bind intermediate values under `bindings:` and use them by name"
+    if msg.startswith("the integer literal") or "overflows" in msg:
+        return msg, "write a number of ordinary size (the constants inf and nan exist for those values)"
     m = re.match(r"unknown function '(\w+)'", msg)
     if m:
         return f"unknown function '{m[1]}'", _did_you_mean(m[1], FUNCTIONS) + f"the functions are: {functions}"
     m = re.match(r"unknown name '(\w+)'", msg)
     if m:
+        if m[1] in INPUT_NAMES:
+            other = [p for p, names in PATH_INPUTS.items() if m[1] in names]
+            return (f"'{m[1]}' is not an input of this path",
+                    f"only the {' and '.join(other)} path(s) bind '{m[1]}'; names in scope here: "
+                    f"{_names_in_scope(known)}")
         hint = _did_you_mean(m[1], set(known) | set(CONSTANTS))
         function = difflib.get_close_matches(m[1], FUNCTIONS, n=1)
         if not hint and function:  # e.g. `softmx` where softmax(...) was meant
@@ -485,36 +527,20 @@ def load(path: str | Path) -> Spec:
     path = Path(path)
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(file, None, None, f"cannot read the spec: {exc.strerror or exc}",
-                        "pass an existing spec file, e.g. specs/cross_entropy.yaml") from None
-    except UnicodeDecodeError as exc:
-        raise SpecError(file, None, None, f"the spec is not UTF-8 text ({exc.reason})",
-                        "save the file as UTF-8") from None
+        text = safe_yaml.read(path, what="spec")
+    except safe_yaml.YamlFileError as exc:
+        fix = "pass an existing spec file, e.g. specs/cross_entropy.yaml" if "cannot read" in exc.problem else exc.fix
+        raise SpecError(file, None, None, exc.problem, fix) from None
     return loads(text, file=file)
-
-
-def _yaml_fix(problem: str) -> str:
-    if "'\\t'" in problem:
-        return "indent with spaces, never tabs"
-    if "constructor" in problem:
-        return "remove the tag: a spec is plain data (safe YAML) and cannot build Python objects"
-    if "mapping values are not allowed" in problem:
-        return "quote a value that contains ': ', or fix the indentation of this line"
-    return "fix the YAML syntax here: indentation, brackets and quotes must balance"
 
 
 def loads(text: str, *, file: str = "<string>") -> Spec:
     """Like :func:`load`, for spec text; ``file`` is the name used in error messages."""
     try:
-        raw = yaml.safe_load(text)
-        marks = _Marks(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        problem = str(getattr(exc, "problem", None) or exc)
-        raise SpecError(file, mark.line + 1 if mark else None, mark.column + 1 if mark else None,
-                        f"not valid YAML: {problem}", _yaml_fix(problem)) from None
+        raw, root = safe_yaml.load(text, file=file)
+    except safe_yaml.YamlFileError as exc:
+        raise SpecError(file, exc.line, exc.col, exc.problem, exc.fix) from None
+    marks = _Marks(text, root)
     if marks.duplicates:
         path, first, second = marks.duplicates[0]
         raise SpecError(file, second.start_mark.line + 1, second.start_mark.column + 1,
@@ -523,17 +549,81 @@ def loads(text: str, *, file: str = "<string>") -> Spec:
                         "keep only one: YAML would silently use the last one")
     if not isinstance(raw, dict):
         raise SpecError(file, 1, 1, "a spec must be a mapping at the top level", "start from specs/cross_entropy.yaml")
+    try:
+        _check_values(raw)  # before the schema: NaN slips through minimum/maximum
+    except _Fault as fault:
+        raise fault.error(file, marks) from None
     validator = jsonschema.Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(raw), key=lambda e: (marks.at(list(e.absolute_path))[0] or 0))
     if errors:
         best = jsonschema.exceptions.best_match(errors)
         raise _schema_error(best, file, marks, raw)
     try:
+        _check_tolerances(raw["tolerances"]["dtypes"])
+        _check_domains(raw["domains"])
         spec = _build(raw, text, file)
     except _Fault as fault:
         raise fault.error(file, marks) from None
     _check_references(spec, marks)
-    return spec
+    return replace(spec, marks=marks)
+
+
+def _check_values(raw: Any) -> None:
+    """Every number in the document finite and at most :data:`MAX_INT` in magnitude."""
+    stack: list[tuple[tuple, Any]] = [((), raw)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack += [(path + (k,), v) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(path + (i,), v) for i, v in enumerate(value)]
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise _Fault(path, f"{value} is not allowed: a spec's numbers are finite",
+                         "write a finite number (formulas may use the constants inf and nan)")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            digits = len(str(abs(value)))
+            raise _Fault(path, f"a {digits}-digit integer is not allowed (at most 2**53 in magnitude)",
+                         "write a number of ordinary size")
+
+
+def _near(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-6 * b
+
+
+def _check_tolerances(dtypes: Mapping[str, Mapping[str, Any]]) -> None:
+    """Every k_* within :data:`K_BOUNDS`; every u and u_* a dtype's unit roundoff (the row's own
+    for ``u``), or for ``u`` with a ``u_reason``, within :data:`U_BOUNDS`."""
+    lo, hi = K_BOUNDS
+    roundoffs = ", ".join(f"{d} 2**{int(math.log2(v))}" for d, v in UNIT_ROUNDOFF.items())
+    for dtype, row in dtypes.items():
+        base = ("tolerances", "dtypes", dtype)
+        for key, value in row.items():
+            if key == "u_reason" or isinstance(value, str):
+                continue
+            if key.startswith("k_") and not lo <= value <= hi:
+                raise _Fault(base + (key,), f"{value!r} is outside [{lo:g}, {hi:g}]",
+                             "a multiplier of the unit roundoff is at least 1 and at most 1024: a looser "
+                             "bound would pass wrong answers")
+            if key == "u":
+                want = UNIT_ROUNDOFF[dtype]
+                if row.get("u_reason"):
+                    if not U_BOUNDS[0] <= value <= U_BOUNDS[1]:
+                        raise _Fault(base + (key,), f"{value!r} is outside [2**-64, 2**-4]",
+                                     "even with a u_reason, u is a unit roundoff of some arithmetic")
+                elif not _near(value, want):
+                    raise _Fault(base + (key,), f"{value!r} is not the unit roundoff of {dtype} "
+                                                f"(2**{int(math.log2(want))} = {want!r})",
+                                 f"write u: {want!r}, or add u_reason: explaining why this row differs")
+            elif key.startswith("u_") and not any(_near(value, v) for v in UNIT_ROUNDOFF.values()):
+                raise _Fault(base + (key,), f"{value!r} is not a unit roundoff",
+                             f"write the unit roundoff of the dtype it stands for: {roundoffs}")
+
+
+def _check_domains(domains: Mapping[str, Any]) -> None:
+    ls = domains.get("label_smoothing") or {}
+    if "min" in ls and "max" in ls and ls["min"] > ls["max"]:
+        raise _Fault(("domains", "label_smoothing", "min"), f"min {ls['min']} is above max {ls['max']}",
+                     "give min <= max (an empty range draws nothing)")
 
 
 def _bindings(raw: Mapping[str, str], known: set[str], base: tuple) -> dict[str, Formula]:
@@ -565,7 +655,7 @@ def _override_target(paths: Mapping[str, TargetPath], dotted: str):
     if parts[1] not in paths:
         raise _Unresolved(f"the spec has no path '{parts[1]}'", paths)
     path = paths[parts[1]]
-    known = set(INPUT_NAMES) | set(path.bindings)
+    known = set(PATH_INPUTS.get(parts[1], INPUT_NAMES)) | set(path.bindings)
     if parts[2] == "reductions":
         table, key = path.reductions, parts[3]
     else:
@@ -583,7 +673,7 @@ def _build(raw: dict, text: str, file: str) -> Spec:
     paths: dict[str, TargetPath] = {}
     for pname, praw in raw["paths"].items():
         base = ("paths", pname)
-        known = set(INPUT_NAMES)
+        known = set(PATH_INPUTS.get(pname, INPUT_NAMES))
         bindings = _bindings(praw["bindings"], known, base + ("bindings",))
         reductions = {r: _parse(s, known, base + ("reductions", r)) for r, s in praw["reductions"].items()}
         grads = {}
@@ -615,9 +705,9 @@ def _build(raw: dict, text: str, file: str) -> Spec:
     for p in paths.values():
         all_known |= set(p.bindings)
     for pname, p in paths.items():  # a tolerance rule is evaluated with each path's bindings
-        for key in ("scale", "gscale", "gscale_target"):
+        for key in ("scale", "gscale", "gscale_target", "accumulate", "gaccumulate", "gaccumulate_target"):
             if key in tol:
-                _parse(tol[key], INPUT_NAMES | set(p.bindings), ("tolerances", key),
+                _parse(tol[key], PATH_INPUTS.get(pname, INPUT_NAMES) | set(p.bindings), ("tolerances", key),
                        context=f" (tolerance rules are evaluated with the bindings of paths.{pname})")
     missing = [d for d in domains["dtypes"] if d not in tol["dtypes"]]
     if missing:
@@ -625,9 +715,9 @@ def _build(raw: dict, text: str, file: str) -> Spec:
                      f"add a row for {missing[0]} (u, k_forward, k_reduce, k_gradient)", key=True)
     tolerances = Tolerances(parse(tol["scale"], known=frozenset(all_known), where="tolerances.scale"),
                             parse(tol["gscale"], known=frozenset(all_known), where="tolerances.gscale"),
-                            {d: DtypeTolerance(**v) for d, v in tol["dtypes"].items()},
-                            parse(tol["gscale_target"], known=frozenset(all_known), where="tolerances.gscale_target")
-                            if "gscale_target" in tol else None)
+                            {d: _dtype_tolerance(v) for d, v in tol["dtypes"].items()},
+                            *(parse(tol[key], known=frozenset(all_known), where=f"tolerances.{key}") if key in tol else None
+                              for key in ("gscale_target", "accumulate", "gaccumulate", "gaccumulate_target")))
 
     special = {k: SpecialCase(k, tuple(v["make"]), v.get("path"), dict(v["expect"]), v.get("note", ""))
                for k, v in (raw.get("special_cases") or {}).items()}
@@ -663,6 +753,13 @@ def _build(raw: dict, text: str, file: str) -> Spec:
     return Spec(file=file, version=raw["spec_version"], operation=raw["operation"], reference=raw["reference"],
                 summary=raw["summary"], sha256=hashlib.sha256(text.encode()).hexdigest(), raw=raw, paths=paths,
                 special_cases=special, variants=variants, errors=errors, metamorphic=meta, tolerances=tolerances)
+
+
+def _dtype_tolerance(row: Mapping[str, Any]) -> DtypeTolerance:
+    main = ("u", "k_forward", "k_reduce", "k_gradient")
+    return DtypeTolerance(**{k: float(row[k]) for k in main},
+                          extra={k: float(v) for k, v in row.items() if k not in main and k != "u_reason"},
+                          u_reason=row.get("u_reason", ""))
 
 
 def _check_references(spec: Spec, marks: _Marks) -> None:

@@ -45,6 +45,10 @@ class Request:
     allow_empty: bool = True
     large_classes: bool = False
     max_classes: int | None = None
+    #: Option classes fixed by the caller (conformance.gate.OPTION_CLASSES names: dtype,
+    #: target, reduction, weight, ignore, smoothing, rank, regime), as sorted (name, value)
+    #: pairs: the covering-array rows and the per-signature shrink searches use them.
+    pins: tuple[tuple[str, str], ...] = ()
 
 
 def request_for(spec, caps, *, target_kinds=None, reductions=None, modifiers=(), regimes=None,
@@ -121,7 +125,8 @@ def _mod_all_neg_inf_row(draw, env):
 
 
 MODIFIERS: dict[str, Modifier] = {
-    "all_ignored": Modifier("every position's target is ignore_index", {"target_kinds": ("index",), "all_ignored": True, "min_positions": 1}),
+    "all_ignored": Modifier("every position's target is ignore_index", {"target_kinds": ("index",), "all_ignored": True, "min_positions": 1},
+                            needs=("ignore_index",)),
     "empty_batch": Modifier("N = 0 (an empty batch)", {"empty": True}, needs=("empty",)),
     "single_class": Modifier("C = 1, no ignored position, a positive weight if any",
                              {"classes": 1, "no_ignored": True, "min_positions": 1, "weight_positive_or_absent": True}),
@@ -132,20 +137,21 @@ MODIFIERS: dict[str, Modifier] = {
     "neg_inf_off_target": Modifier("-inf at a non-target class of some positions",
                                    {"min_classes": 2, "no_smoothing_unless": "smoothing", "min_positions": 1,
                                     "weight_positive_or_absent": True, "no_ignored": True, "finite_regime": True},
-                                   _mod_neg_inf_off_target),
+                                   _mod_neg_inf_off_target, needs=("nonfinite",)),
     "neg_inf_at_target": Modifier("-inf at the target class of some positions",
                                   {"target_kinds": ("index",), "min_classes": 2, "no_smoothing": True, "min_positions": 1,
                                    "weight_positive_or_absent": True, "no_ignored": True, "finite_regime": True},
-                                  _mod_neg_inf_at_target),
+                                  _mod_neg_inf_at_target, needs=("nonfinite",)),
     "zero_probability_there": Modifier("probability 0 where the logit is -inf",
                                        {"target_kinds": ("probability",), "no_smoothing": True},
                                        _mod_zero_probability_there),
     "pos_inf": Modifier("+inf at some logits", {"min_positions": 1, "no_ignored": True, "finite_regime": True},
-                        _mod_value(np.inf)),
+                        _mod_value(np.inf), needs=("nonfinite",)),
     "nan_logit": Modifier("NaN at some logits", {"min_positions": 1, "no_ignored": True, "finite_regime": True},
-                          _mod_value(np.nan)),
+                          _mod_value(np.nan), needs=("nonfinite",)),
     "all_neg_inf_row": Modifier("a position whose logits are all -inf",
-                                {"min_positions": 1, "no_ignored": True, "finite_regime": True}, _mod_all_neg_inf_row),
+                                {"min_positions": 1, "no_ignored": True, "finite_regime": True}, _mod_all_neg_inf_row,
+                                needs=("nonfinite",)),
     "long_reduction": Modifier("a long batch (thousands of positions) in rank 2, none of them ignored",
                                {"ranks": (2,), "long": True, "no_ignored": True, "min_classes": 2}),
     "half_precision": Modifier("float16 or bfloat16", {"dtypes": ("float16", "bfloat16")}),
@@ -184,6 +190,31 @@ def _regime_values(draw, regime: str, dtype: str, shape, seeded: bool, label: st
     return v
 
 
+def rank_class(rank: int) -> str:
+    """The option class of an input rank: 'unbatched' (C,), 'batched' (N, C), 'spatial' (N, C, d...)."""
+    return "unbatched" if rank == 1 else "batched" if rank == 2 else "spatial"
+
+
+def _pin_ok(pins: dict, name: str, value: str) -> bool:
+    return name not in pins or pins[name] == value
+
+
+def _draw_pinned(draw, pins: dict, name: str, menu: list):
+    """Draw ``name`` from ``menu``, or take its pinned value (nothing to draw if the menu lacks it)."""
+    if name in pins:
+        if pins[name] not in menu:
+            raise NothingToDraw(f"{name}={pins[name]} is outside what this check may draw ({', '.join(map(str, menu))})")
+        return pins[name]
+    return draw(st.sampled_from(menu), label=name)
+
+
+def _one_hot(idx: np.ndarray, C: int) -> np.ndarray:
+    """(P, C) one-hot rows without a (C, C) identity (C reaches 131072 in the thorough profile)."""
+    y = np.zeros((len(idx), C))
+    y[np.arange(len(idx)), idx] = 1.0
+    return y
+
+
 def _quantise(a: np.ndarray, dtype: str) -> np.ndarray:
     return np.asarray(a, dtype=np.float64).astype(np_dtype(dtype))
 
@@ -196,13 +227,18 @@ def cases(draw, spec, req: Request) -> Case:
     applies = []
     for m in req.modifiers:
         mod = MODIFIERS[m]
+        missing = [f for f in mod.needs if f not in req.features]
+        if missing:  # a declared capability is honoured: never draw what the adapter lacks
+            raise NothingToDraw(f"{m} needs {', '.join(missing)}, which the adapter declares unsupported")
         force.update(mod.force)
         if mod.apply:
             applies.append(mod.apply)
 
-    dtypes = tuple(d for d in req.dtypes if d in force.get("dtypes", req.dtypes))
-    kinds = tuple(k for k in req.target_kinds if k in force.get("target_kinds", req.target_kinds))
-    ranks = tuple(r for r in req.ranks if r in force.get("ranks", req.ranks))
+    pins = dict(req.pins)
+    dtypes = tuple(d for d in req.dtypes if d in force.get("dtypes", req.dtypes) and _pin_ok(pins, "dtype", d))
+    kinds = tuple(k for k in req.target_kinds if k in force.get("target_kinds", req.target_kinds)
+                  and _pin_ok(pins, "target", k))
+    ranks = tuple(r for r in req.ranks if r in force.get("ranks", req.ranks) and _pin_ok(pins, "rank", rank_class(r)))
     if not dtypes or not kinds or not ranks:
         raise NothingToDraw(f"the declared capabilities leave no {'dtype' if not dtypes else 'target kind' if not kinds else 'rank'} "
                             f"for {', '.join(req.modifiers) or 'this check'}")
@@ -245,14 +281,17 @@ def cases(draw, spec, req: Request) -> Case:
     P = int(np.prod(batch_shape, dtype=np.int64)) if batch_shape else 1
 
     # ---- options
-    weight_kind = force.get("weight") or draw(st.sampled_from(
-        [k for k in spec.domains.get("weight", ["absent"]) if k == "absent" or "weight" in req.features]), label="weight")
+    weight_menu = [k for k in spec.domains.get("weight", ["absent"]) if k == "absent" or "weight" in req.features]
+    weight_kind = force.get("weight") or _draw_pinned(draw, pins, "weight", weight_menu)
     if force.get("weight_positive_or_absent") and weight_kind == "with_zeros":
         weight_kind = "positive"
-    reductions = req.reductions
-    reduction = draw(st.sampled_from(reductions), label="reduction")
+    reduction = _draw_pinned(draw, pins, "reduction", list(req.reductions))
     eps = 0.0
-    if "label_smoothing" in req.features and not force.get("no_smoothing"):
+    if "smoothing" in pins and not force.get("no_smoothing"):
+        eps = {"0": st.just(0.0), "1": st.just(1.0),
+               "(0,1)": st.one_of(st.sampled_from([0.1, 0.25]), st.floats(0.001, 0.999))}[pins["smoothing"]]
+        eps = draw(eps, label="label_smoothing") if "label_smoothing" in req.features or pins["smoothing"] == "0" else 0.0
+    elif "label_smoothing" in req.features and not force.get("no_smoothing"):
         if force.get("smoothing"):
             eps = draw(st.one_of(st.just(1.0), st.floats(0.01, 1.0)), label="label_smoothing")
         elif force.get("no_smoothing_unless") and "smoothing" not in req.modifiers:
@@ -262,7 +301,7 @@ def cases(draw, spec, req: Request) -> Case:
                                  st.sampled_from([0.1, 0.25])), label="label_smoothing")
     ignore_kind = "default"
     if kind == "index" and "ignore_index" in req.features:
-        ignore_kind = draw(st.sampled_from(spec.domains.get("ignore_index", ["default"])), label="ignore_index_kind")
+        ignore_kind = _draw_pinned(draw, pins, "ignore", list(spec.domains.get("ignore_index", ["default"])))
     if force.get("all_ignored") and ignore_kind == "default" and "ignore_index" not in req.features:
         ignore_kind = "default"
     if ignore_kind == "inside" and force.get("no_ignored"):
@@ -270,13 +309,16 @@ def cases(draw, spec, req: Request) -> Case:
     ignore_index = {"default": -100, "inside": draw(st.integers(0, C - 1), label="ignore_inside") if ignore_kind == "inside" else -100,
                     "outside_high": C + draw(st.integers(0, 3), label="ignore_high") if ignore_kind == "outside_high" else -100}[ignore_kind]
     legacy = None
-    if req.allow_legacy and not req.modifiers:
+    if req.allow_legacy and not req.modifiers and not pins:
         legacy_kind = draw(st.sampled_from(["absent"] * 9 + ["legacy"]), label="legacy")
         if legacy_kind == "legacy":
             legacy = {"size_average": draw(st.sampled_from([None, True, False]), label="size_average"),
                       "reduce": draw(st.sampled_from([None, True, False]), label="reduce")}
             if legacy["size_average"] is None and legacy["reduce"] is None:
                 legacy["reduce"] = False
+            probe = Case(x=np.zeros((1,)), target=np.zeros((), dtype=np.int64), reduction=reduction, legacy=legacy)
+            if probe.effective_reduction(spec.deprecated) not in req.reductions:
+                legacy = None  # the legacy arguments would select a reduction the adapter lacks
 
     # ---- values
     regimes = list(spec.domains.get("value_regimes", {"ordinary": ""}))
@@ -285,7 +327,7 @@ def cases(draw, spec, req: Request) -> Case:
         regimes = [r for r in regimes if r in req.regimes] or ["ordinary"]
     if force.get("finite_regime"):
         regimes = [r for r in regimes if r in ("ordinary", "ties", "confident")]
-    regime = force.get("regime") or draw(st.sampled_from(regimes), label="regime")
+    regime = force.get("regime") or _draw_pinned(draw, pins, "regime", regimes)
     seeded = P * C > SMALL
     x = _regime_values(draw, regime, dtype, (P, C), seeded, "logits")
 
@@ -317,13 +359,13 @@ def cases(draw, spec, req: Request) -> Case:
         y = np.exp(z - z.max(axis=1, keepdims=True)) if C else z
         y = y / y.sum(axis=1, keepdims=True) if C else y
         if target_regime == "one_hot":
-            y = np.eye(C)[rng.integers(0, C, size=P)] if C else y
+            y = _one_hot(rng.integers(0, C, size=P), C) if C else y
         elif target_regime == "unnormalised":
             y = rng.uniform(0, 2, size=(P, C))
         elif target_regime == "negative":
             y = rng.uniform(-0.5, 1.0, size=(P, C))
         if regime == "confident" and C:
-            y = np.eye(C)[np.argmax(x, axis=1)]
+            y = _one_hot(np.argmax(x, axis=1), C)
             x[np.arange(P), np.argmax(x, axis=1)] += draw(st.floats(15, 40), label="margin")
         env["y"] = y
 

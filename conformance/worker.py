@@ -26,6 +26,7 @@ import atexit
 import base64
 import collections
 import dataclasses
+import faulthandler
 import inspect
 import json
 import os
@@ -98,8 +99,9 @@ class AdapterWorker:
         self.dead: str | None = None          # why the adapter's checks no longer run
         self.crashes = 0
         self.last_returncode: int | None = None
-        self._stderr: collections.deque[str] = collections.deque(maxlen=40)
+        self._stderr: collections.deque[str] = collections.deque(maxlen=400)
         self._buf = b""
+        self._drainer: threading.Thread | None = None
 
     # ------------------------------------------------------------------ process
     def _start(self) -> dict[str, Any]:
@@ -109,8 +111,9 @@ class AdapterWorker:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                                      close_fds=True)
         _LIVE.add(self)
-        threading.Thread(target=self._drain, args=(self.proc.stderr, self._stderr), daemon=True,
-                         name=f"ce-worker-stderr-{self.name}").start()
+        self._drainer = threading.Thread(target=self._drain, args=(self.proc.stderr, self._stderr), daemon=True,
+                                         name=f"ce-worker-stderr-{self.name}")
+        self._drainer.start()
         # importing a framework can take a while on a loaded machine: never less than a minute
         return self._call({"op": "init", "source": self.source, "spec_file": self.spec_file, "profile": self.profile,
                     "sys_path": list(sys.path), "cwd": os.getcwd(), "parent": os.getpid()}, what="starting",
@@ -125,7 +128,15 @@ class AdapterWorker:
             pass
 
     def stderr_tail(self, n: int = 8) -> str:
-        lines = [ln for ln in list(self._stderr) if ln.strip()][-n:]
+        """The end of the worker's stderr; after a fatal signal, faulthandler's first lines
+        (the signal and the innermost frames: where the adapter crashed) instead."""
+        lines = [ln for ln in list(self._stderr) if ln.strip()]
+        fatal = [i for i, ln in enumerate(lines) if ln.startswith("Fatal Python error")]
+        if fatal:
+            head = lines[fatal[-1]:]
+            lines = [head[0]] + [ln.strip() for ln in head[1:] if ln.strip().startswith("File ")][:4]
+        else:
+            lines = lines[-n:]
         return " | ".join(lines)[-1500:]
 
     def _kill(self) -> None:
@@ -198,13 +209,22 @@ class AdapterWorker:
             except subprocess.TimeoutExpired:
                 pass
             self._kill()
-            time.sleep(0.05)  # let the stderr reader catch the last lines
+            if self._drainer is not None:
+                self._drainer.join(2.0)  # the last lines of stderr (faulthandler's traceback)
             tail = self.stderr_tail()
             raise WorkerDied(f"the adapter's worker process ended while {what}, "
                              f"{_describe_exit(self.last_returncode)}, without a result"
                              + (f"; last stderr: {tail}" if tail else ""), self.last_returncode)
         line, _, self._buf = self._buf.partition(b"\n")
-        return json.loads(line)
+        try:
+            answer = json.loads(line)
+            if not isinstance(answer, dict) or not ({"result", "ready", "fatal"} & set(answer)):
+                raise ValueError("not an answer")
+        except ValueError:
+            self._kill()
+            raise WorkerDied(f"the adapter's worker process sent a garbled answer while {what} "
+                             f"(something wrote into its protocol pipe): {line[:200]!r}", self.last_returncode)
+        return answer
 
     def run(self, check, *, seed: int | None = None, derandomize: bool = False, database_dir: str | None = None,
             gate_json: dict[str, Any] | None = None, one_shot: bool = False):
@@ -451,6 +471,7 @@ def main() -> int:
     os.dup2(devnull, 0)
     os.dup2(2, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides about interrupts
+    faulthandler.enable(file=sys.stderr)  # a segfault or abort leaves its Python traceback in the reason
     try:
         code = _serve(proto_in, proto_out)
     except BaseException:  # noqa: BLE001 - an unexpected fault of the worker itself

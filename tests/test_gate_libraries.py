@@ -128,6 +128,12 @@ def test_torch_module_config_uses_the_shipped_known_file(tmp_path):
     pytest.importorskip("torch")
     code, st, doc = gate(tmp_path, "torch_module.yaml", "error.label_smoothing_negative", "forward.index")
     assert code == 0
-    # forward.index may also reach torch's known float16 overflow, shipped in the same file
-    assert st["error.label_smoothing_negative"] == "known" and st["forward.index"] in ("passed", "known")
+    # a SHOULD clause torch does not enforce: permissive, not a failure and not a known entry
+    assert st["error.label_smoothing_negative"] == "permissive"
+    # every failing example forward.index met (torch's float16 overflow) is accepted by the
+    # shipped torch.yaml entry, per example
+    fwd = next(r for r in doc["results"] if r["check"] == "forward.index")
+    assert fwd["status"] != "failed", fwd["message"]
+    assert all(f["accepted_by"]["by"] == "known" and f["accepted_by"]["file"].endswith("torch.yaml")
+               for f in fwd["failures"])
     assert doc["run"]["adapters"][0]["name"] == "torch-nn-CrossEntropyLoss"

@@ -22,10 +22,11 @@ FAULTS = {
                                "error.reduction_unknown": "exit code 0, without a result"}),
     "misbehaving:Exit3": ([], {"forward.index": "exit code 3, without a result",
                                "error.reduction_unknown": "exit code 3, without a result"}),
-    "misbehaving:Abort": ([], {"forward.index": "killed by signal SIGABRT",
-                               "error.reduction_unknown": "killed by signal SIGABRT"}),
-    "misbehaving:Segfault": ([], {"forward.index": "killed by signal SIGSEGV",
-                                  "error.reduction_unknown": "killed by signal SIGSEGV"}),
+    "misbehaving:Abort": ([], {c: "killed by signal SIGABRT (exit code -6), without a result; last stderr: "
+                                  "Fatal Python error: Aborted" for c in ("forward.index", "error.reduction_unknown")}),
+    "misbehaving:Segfault": ([], {c: "killed by signal SIGSEGV (exit code -11), without a result; last stderr: "
+                                     "Fatal Python error: Segmentation fault"
+                                  for c in ("forward.index", "error.reduction_unknown")}),
     "misbehaving:RaisesSystemExit": ([], {c: "the adapter raised SystemExit(0) (a BaseException"
                                           for c in ("forward.index", "error.reduction_unknown")}),
     "misbehaving:RaisesKeyboardInterrupt": ([], {c: "the adapter raised KeyboardInterrupt (a BaseException"
@@ -86,6 +87,8 @@ def test_a_misbehaving_adapter_is_contained(adapter, numpy_alone, tmp_path):
     for check, reason in reasons.items():
         assert bad[check]["status"] == "error", (check, bad[check]["status"], bad[check]["message"])
         assert reason in bad[check]["message"], (check, bad[check]["message"])
+        if "Fatal Python error" in reason:  # where it crashed: the adapter's own frame
+            assert 'misbehaving.py", line' in bad[check]["message"] and "in misbehave" in bad[check]["message"]
     # the other adapter's verdicts are exactly those of a run without the misbehaving one
     assert _numpy_verdicts(doc) == numpy_alone
     assert doc["summary"]["error"] == 2 and doc["summary"]["passed"] == 2
@@ -203,3 +206,48 @@ def test_stale_reports_are_moved_aside_and_the_baseline_follows(tmp_path):
     proc, _ = _run(tmp_path, "--adapter", "numpy", *CHECKS, "--out", "out", "--baseline", "out/results.json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "moved to" in proc.stderr and (out / "results.json").exists()
+
+
+def test_an_adapter_without_source_runs_in_process_with_a_warning(monkeypatch):
+    """An adapter object that cannot be rebuilt from a string in a worker (no ``source``)
+    still runs: in-process, with one warning."""
+    from conformance import pytest_plugin
+    from conformance.adapters.numpy_ref import NumpyAdapter
+    from conformance.spec import load_default
+
+    spec, checks = _checks()
+    adapter = NumpyAdapter()
+    assert getattr(adapter, "source", None) is None
+    options = {"--ce-seed": 1, "--ce-derandomize": True, "--ce-no-isolation": False, "--ce-profile": "quick",
+               "--ce-strict": False, "--ce-timeout": 600.0}
+
+    class Config:
+        def getoption(self, name):
+            return options[name]
+
+    state = {"spec": spec, "extra_specs": {op: load_default(op) for op in ("log_softmax", "nll_loss")},
+             "adapters": {"numpy": adapter}, "checks": list(checks.values()), "known": [], "baseline": {},
+             "gate": None}
+    monkeypatch.setattr(pytest_plugin, "_STATE", state)
+    with pytest.warns(UserWarning, match="adapter numpy has no 'source'.*run in-process") as rec:
+        d = pytest_plugin.run_item(Config(), "numpy", "error.reduction_unknown")
+        pytest_plugin.run_item(Config(), "numpy", "error.reduction_unknown")
+    assert len(rec) == 1
+    assert d["status"] == "passed" and d["examples"] > 0
+    assert "workers" not in state
+
+
+def test_the_exit_code_follows_results_json_not_pytest(tmp_path):
+    """0 only when results.json exists, holds every check and says all passed."""
+    from conformance.cli import _run_exit_code
+    from conformance.results import write
+
+    spec = {"operation": "cross_entropy", "version": "1", "sha256": "x", "file": "f"}
+    ok = pytest.ExitCode.OK
+    assert _run_exit_code(ok, tmp_path, {"total": 1}) == 2  # no results.json at all
+    write(tmp_path, spec=spec, run={}, results=[{"id": "a::c", "adapter": "a", "check": "c", "status": "passed"}])
+    assert _run_exit_code(ok, tmp_path, {"total": 1}) == 0
+    assert _run_exit_code(ok, tmp_path, {"total": 2}) == 2  # a result went missing
+    assert _run_exit_code(ok, tmp_path, {"total": 1, "sigterm": True}) == 2
+    write(tmp_path, spec=spec, run={}, results=[{"id": "a::c", "adapter": "a", "check": "c", "status": "error"}])
+    assert _run_exit_code(ok, tmp_path, {"total": 1}) == 1  # pytest said OK, results.json says error
