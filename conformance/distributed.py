@@ -264,6 +264,8 @@ def _worker(inp: Connection, out: Connection) -> int:
         dist.destroy_process_group()
     except Exception:  # noqa: BLE001 - the parent is gone or closing
         pass
+    if cfg["rank"] == 0:  # a parent that ended without close() (os._exit) leaves the store to us
+        shutil.rmtree(os.path.dirname(cfg["store"]), ignore_errors=True)
     return 0
 
 
