@@ -5,4 +5,4 @@ spec (load + validate) -> formula/oracle (exact values) -> strategies (Hypothesi
 -> adapters (implementations under test) -> compare (tolerances, verdicts)
 -> checks (what is asked of every adapter) -> results (JSON, JUnit) -> report (HTML).
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"

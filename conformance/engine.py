@@ -111,7 +111,8 @@ def run_check(ctx: Context, check: Check, *, seed: int | None = None, derandomiz
     if isolate and check.kind in getattr(ctx.adapter, "isolate_kinds", ()):
         from .isolation import run_isolated
         return run_isolated(getattr(ctx.adapter, "source", ctx.adapter.name), check, profile=ctx.profile,
-                            seed=seed, spec_file=ctx.spec.file, name=ctx.adapter.name)
+                            seed=seed, spec_file=ctx.spec.file, name=ctx.adapter.name, derandomize=derandomize,
+                            database_dir=database_dir, gate_json=gate.to_json() if gate is not None else None)
     res = CheckResult(ctx.adapter.name, check.id, check.kind, check.clause, check.description, "passed",
                       severity=check.severity)
     why = _not_supported(ctx, check)

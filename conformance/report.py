@@ -97,7 +97,17 @@ def _repro(failure: dict[str, Any], base: Path) -> tuple[str, str | None]:
     return rel, text
 
 
+def plots_available() -> bool:
+    """Whether matplotlib (the ``report`` extra) is installed: without it the page has no
+    plots and says how to get them; everything else is the same."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def _svg_hist(values: list[float], title: str) -> str:
+    if not plots_available():
+        return ""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,6 +231,7 @@ def _context(header: dict[str, Any], merged: dict[str, dict[str, Any]], base: di
         if isinstance(t, dict) and isinstance(t.get("total"), int) and t["total"]:
             tway[str(r.get("check"))][str(r.get("adapter"))] = t
     return {
+        "plots_available": plots_available(),
         "tway": dict(sorted(tway.items())),
         "spec": header.get("spec") or {}, "run": header.get("run") or {}, "adapter_info": header["adapters"],
         "summary": _results.summary(results), "all_statuses": _results.STATUSES,

@@ -2,7 +2,6 @@
 divergences and baseline apply, and what is written when a run ends (or is interrupted)."""
 from __future__ import annotations
 
-import base64
 import fnmatch
 import sys
 from pathlib import Path
@@ -192,21 +191,10 @@ def apply_baseline(result: dict[str, Any], baseline: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- end of run
 def finish_run(config, state: dict[str, Any], *, interrupted: bool) -> Path | None:
-    from .repro import write_repro
-
     out: Path = state["out"]
     results = state.get("results", [])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "failures").mkdir(exist_ok=True)
-    for r in results:
-        blob = r.pop("failure_inputs_b64", None)
-        if blob and r.get("failure"):
-            name = resultsmod.safe_name(r["id"])
-            (out / "failures" / f"{name}.npz").write_bytes(base64.b64decode(blob))
-            r["failure"]["inputs"] = f"failures/{name}.npz"
-            a = state["adapters"].get(r["adapter"])
-            r["failure"]["repro"] = str(write_repro(out, r, base64.b64decode(blob), spec_file=state["spec"].file,
-                                                    adapter_spec=_adapter_spec(a, r["adapter"])))
+    resultsmod.write_failures(out, results, spec_file=state["spec"].file,
+                              adapter_specs={name: _adapter_spec(a, name) for name, a in state["adapters"].items()})
     run = {
         "profile": config.getoption("--ce-profile"),
         "seed": config.getoption("--ce-seed"),
