@@ -85,7 +85,8 @@ class Result:
     value: np.ndarray
     #: Gradients keyed by input name ("input", "target"), when asked for.
     gradients: dict[str, np.ndarray] = field(default_factory=dict)
-    #: Warnings the call emitted (the deprecated arguments must warn).
+    #: Warnings the call emitted, as "Category: message" (the spec's
+    #: ``signature.deprecated_warning`` says which category a deprecated argument must raise).
     warnings: list[str] = field(default_factory=list)
 
 

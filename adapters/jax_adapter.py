@@ -320,4 +320,4 @@ class JaxCallableAdapter(Adapter):
                      if case.upstream is not None else jax.numpy.ones_like(out))
                 got = vjp(g)
                 grads = dict(zip(("input", "target"), (np.asarray(v) for v in got)))
-        return Result(np.asarray(out), grads, [str(w.message) for w in caught])
+        return Result(np.asarray(out), grads, [f"{w.category.__name__}: {w.message}" for w in caught])

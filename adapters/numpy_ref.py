@@ -264,7 +264,7 @@ def _legacy_warnings(case: Case) -> list[str]:
     kw = case.legacy or {}
     if kw.get("size_average") is None and kw.get("reduce") is None:
         return []
-    return [legacy_warning(effective_reduction(case.reduction, kw.get("size_average"), kw.get("reduce")))]
+    return ["UserWarning: " + legacy_warning(effective_reduction(case.reduction, kw.get("size_average"), kw.get("reduce")))]
 
 
 class NumpyAdapter(Adapter):
@@ -312,4 +312,4 @@ class NumpyCallableAdapter(Adapter):
             warnings.simplefilter("always")
             out = self.fn(given["input"], given["target"], **kw)
         check_unmodified(_inputs(case), given)
-        return Result(np.asarray(out), {}, [str(w.message) for w in caught])
+        return Result(np.asarray(out), {}, [f"{w.category.__name__}: {w.message}" for w in caught])

@@ -146,7 +146,7 @@ class TorchFunctionAdapter(Adapter):
         changed = [k for k, v in inputs.items() if not _same_bits(v.detach(), pristine[k])]
         if changed:
             raise InputsMutated(changed)
-        return Result(to_numpy(out), grads, [str(w.message) for w in caught])
+        return Result(to_numpy(out), grads, [f"{w.category.__name__}: {w.message}" for w in caught])
 
     # ------------------------------------------------------------------ decomposition extras
     def _extra(self, name: str) -> Callable:

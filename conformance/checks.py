@@ -154,10 +154,25 @@ def _judge_call(ctx: Context, check_id: str, case: Case, res, *, gradient: bool)
                                               what=f"gradient[{wrt}]",
                                               clause=f"paths.{ev.path}.gradients.{wrt}.reductions.{ev.reduction}",
                                               unspecified=ev.unspecified.get(wrt)))
+    warned = _deprecation_warned(ctx, case, res)
+    if warned is not None:
+        verdicts.append(warned)
     for v in verdicts:
         if not v.ok:
             raise CheckFailure(check_id, v, case)
     return Outcome(case, verdicts, _variant_note(ctx, case, ev), evaluation=ev)
+
+
+def _deprecation_warned(ctx: Context, case: Case, res) -> Verdict | None:
+    """A call given a deprecated argument must emit the spec's ``deprecated_warning``."""
+    category = ctx.spec.deprecated_warning
+    warnings = getattr(res, "warnings", None)
+    if not category or warnings is None or not case.legacy or all(v is None for v in case.legacy.values()):
+        return None
+    ok = any(str(w).startswith(category + ":") for w in warnings)
+    return Verdict(ok, "warning", "signature.deprecated_warning",
+                   "" if ok else f"no {category} for the deprecated argument(s) {case.legacy}; the call emitted "
+                   + (", ".join(repr(str(w)[:80]) for w in warnings[:3]) or "no warning"))
 
 
 def _request(ctx: Context, **kw):
@@ -234,7 +249,14 @@ def _special(sid: str):
         kinds = (sc.path,) if sc.path else None
         case = _draw_case(ctx, draw, cid, target_kinds=kinds, reductions=reds, modifiers=sc.make, gradient=gradient)
         res = _call(ctx, cid, case, gradient=gradient)
-        return _judge_call(ctx, cid, case, res, gradient=gradient)
+        out = _judge_call(ctx, cid, case, res, gradient=gradient)
+        # the declared outcome (`expect`) must be what the spec's formulas give: a spec whose
+        # special case contradicts its own formulas is the spec's fault, reported as an error
+        errs = spec_outcome_errors(sc, case, out.evaluation) if not ctx.vspec.applied_variants else []
+        if errs:
+            raise SpecContradiction(f"{ctx.spec.file}: special_cases.{sid}.expect: {'; '.join(errs)} on "
+                                    f"{case.describe(small=8)}; fix the declared outcome or the formulas")
+        return out
     return example
 
 
@@ -299,7 +321,10 @@ def _metamorphic(mid: str):
         _doc, transform = mm.TRANSFORMS[rel.transform]
         out = transform(case, draw)
         assume(out is not None)
-        case2, mapping = out
+        case2, permutation = out
+        # The spec's relation says how the two outputs correspond: "permuted" maps the first
+        # output through the transform's permutation, "equal" compares them as they are.
+        mapping = permutation if relation == "permuted" else mm.same
         assume(ctx.adapter.capabilities.unsupported(case2) is None)
         # Both calls are first judged against the oracle like any forward call, so that a
         # wrong value is reported as what it is; the relation then binds the two together.
@@ -313,6 +338,7 @@ def _metamorphic(mid: str):
             ev2 = _judge_call(ctx, cid, case2, _Value(v2), gradient=False).evaluation
         dtype = case.dtype
         e1 = mapping(np.asarray(ev1.value, dtype=np.float64))
+        _relation_holds_exactly(ctx, mid, relation, e1, np.asarray(ev2.value, dtype=np.float64), case2)
         bound = (mapping(ctx.judge.value_bound(ev1, dtype)) + ctx.judge.value_bound(ev2, dtype)
                  + np.nan_to_num(np.abs(ev2.value - e1), nan=0.0, posinf=0.0)
                  + ctx.judge.tol.dtypes[dtype].u * np.abs(np.nan_to_num(e1, nan=0.0, posinf=0.0, neginf=0.0)))
@@ -324,6 +350,27 @@ def _metamorphic(mid: str):
             raise CheckFailure(cid, v, case2, related=case)
         return Outcome(case, [v])
     return example
+
+
+class SpecContradiction(Exception):
+    """The spec's own formulas contradict a relation it declares: a fault of the spec, reported
+    as the check's ``error``, never as the implementation's failure."""
+
+
+def _relation_holds_exactly(ctx: Context, mid: str, relation: str, e1: np.ndarray, e2: np.ndarray, case2: Case) -> None:
+    """A declared relation must hold between the oracle's exact values (up to float64
+    rounding); otherwise the relation in the spec is wrong, whatever the implementation does."""
+    with np.errstate(all="ignore"):
+        same_shape = np.shape(e1) == np.shape(e2)
+        gap = np.abs(e2 - e1) if same_shape else np.inf
+        scale = np.abs(np.nan_to_num(e1, posinf=0, neginf=0)) + np.abs(np.nan_to_num(e2, posinf=0, neginf=0))
+        ok = same_shape and bool(np.all((gap <= 1e-11 * scale + 1e-300) | ((np.isnan(e1) & np.isnan(e2)))
+                                        | (np.isinf(e1) & (e1 == e2))))
+    if not ok:
+        raise SpecContradiction(
+            f"{ctx.spec.file}: metamorphic.{mid}: relation {relation!r} does not hold for the spec's own "
+            f"formulas on {case2.purpose or 'the transformed input'} (exact values {np.ravel(e1)[:4].tolist()} "
+            f"vs {np.ravel(e2)[:4].tolist()}); fix the relation in the spec")
 
 
 def _decomposed(ctx: Context, cid: str, case: Case):

@@ -35,7 +35,7 @@ OPTION_CLASSES: dict[str, tuple[str, ...]] = {
 }
 
 #: What went wrong, by the verdict that failed.
-WHAT = ("value", "gradient", "dtype", "shape", "error_accepted", "exception", "inputs_modified", "relation")
+WHAT = ("value", "gradient", "dtype", "shape", "error_accepted", "exception", "inputs_modified", "relation", "warning")
 #: How a value went wrong.
 DEVIATION = ("out_of_bound", "inf_for_finite", "nan_for_finite", "finite_for_nonfinite", "wrong_nonfinite",
              "not_applicable")
@@ -77,6 +77,8 @@ def _what(verdict, kind: str) -> str:
         return "inputs_modified"
     if clause == "valid_input.accepted":
         return "exception"
+    if clause == "signature.deprecated_warning":
+        return "warning"
     if kind == "error":
         return "error_accepted"
     if clause.startswith("metamorphic.") or clause.startswith("crossdevice."):

@@ -2,10 +2,11 @@
 
 Relations compare forward values only, so transformed cases carry no upstream gradient.
 
-A transform takes a case and a Hypothesis ``draw`` and returns a second case plus a function
-that maps the first call's output onto what the second call must return (identity for
-"equal", a permutation for "permuted"), or None when the relation does not apply to that
-case. The relation itself and its scope live in the spec.
+A transform takes a case and a Hypothesis ``draw`` and returns a second case plus the
+permutation it applied to the positions (a function on the first call's output; the identity
+when it permutes nothing), or None when the relation does not apply to that case. Which of
+the two the comparison uses is the spec's ``relation``: "permuted" maps the first output
+through the permutation, "equal" compares as is (conformance/checks.py).
 """
 from __future__ import annotations
 
@@ -17,8 +18,12 @@ from hypothesis import strategies as st
 from .case import Case, as_float64, np_dtype
 
 
-def _same(a):
+def same(a):
+    """The identity mapping: what the relation "equal" uses."""
     return a
+
+
+_same = same
 
 
 def _identity(case: Case, draw):
@@ -26,13 +31,23 @@ def _identity(case: Case, draw):
 
 
 def _shift(case: Case, draw):
+    """Add a constant to every logit of a position, a different constant per position."""
     # Powers of two keep the shift exact for every logit of moderate size.
-    shifts = draw(st.lists(st.sampled_from([-4.0, -1.0, 2.0, 8.0]), min_size=1, max_size=1), label="shift")[0]
+    menu = np.array([-4.0, -1.0, 2.0, 8.0])
+    P = case.positions
+    if P <= 8:
+        picks = draw(st.lists(st.integers(0, 3), min_size=P, max_size=P), label="shift")
+    else:
+        picks = np.random.default_rng(draw(st.integers(0, 2**32 - 1), label="shift_seed")).integers(0, 4, size=P)
+    shifts = menu[np.asarray(picks, dtype=np.int64)].reshape(case.none_shape)
+    if case.rank > 1:
+        shifts = np.expand_dims(shifts, case.class_axis)
     x = as_float64(case.x) + shifts
     xq = x.astype(case.x.dtype)
     if not np.array_equal(as_float64(xq), x, equal_nan=True):
-        return None  # the shift would round; the relation is then not exact
-    return case.copy(x=xq, purpose=f"logits + {shifts}"), _same
+        return None  # a shift would round; the relation is then not exact
+    shown = np.ravel(shifts)[:8].tolist()
+    return case.copy(x=xq, purpose=f"logits + a constant per position ({shown}{' ...' if P > 8 else ''})"), _same
 
 
 def _batch_perm(case: Case, draw):
@@ -112,10 +127,13 @@ def _decompose(case: Case, draw):
     return case.copy(purpose="nll_loss(log_softmax(x))"), _same
 
 
+#: Transforms that permute positions: the only ones a "permuted" relation may name.
+PERMUTING = frozenset({"permute_batch"})
+
 #: name -> (doc, transform)
 TRANSFORMS: dict[str, tuple[str, Callable]] = {
     "identity": ("the case itself", _identity),
-    "shift_logits_per_position": ("add a power of two to every logit", _shift),
+    "shift_logits_per_position": ("add a power of two to every logit of a position, one per position", _shift),
     "permute_batch": ("permute the batch axis", _batch_perm),
     "duplicate_batch": ("concatenate the batch with itself", _duplicate),
     "permute_classes": ("permute classes of logits, weight and targets together", _class_perm),

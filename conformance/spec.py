@@ -166,6 +166,11 @@ class Spec:
     def deprecated(self) -> list[dict[str, Any]]:
         return self.raw["signature"].get("deprecated", [])
 
+    @property
+    def deprecated_warning(self) -> str | None:
+        """The warning category a call with a deprecated argument must emit (None: no rule)."""
+        return self.raw["signature"].get("deprecated_warning")
+
     def with_variants(self, names) -> "Spec":
         """This spec with the formula overrides of the named variants applied."""
         names = tuple(sorted(set(names) & set(self.variants)))
@@ -745,7 +750,13 @@ def _build(raw: dict, text: str, file: str) -> Spec:
     meta = {k: Metamorphic(k, v["transform"], v["relation"], tuple(v.get("requires") or ()),
                            tuple(v.get("paths") or ()), tuple(v.get("reductions") or ()), v.get("description", ""))
             for k, v in (raw.get("metamorphic") or {}).items()}
+    from .metamorphic import PERMUTING, TRANSFORMS
     for mid, rel in meta.items():
+        rels = [rel.relation] if isinstance(rel.relation, str) else list(rel.relation.values())
+        if "permuted" in rels and rel.transform in TRANSFORMS and rel.transform not in PERMUTING:
+            raise _Fault(("metamorphic", mid, "relation"),
+                         f"relation 'permuted' needs a transform that permutes positions; '{rel.transform}' does not",
+                         f"use 'equal', or one of the permuting transforms: {', '.join(sorted(PERMUTING))}")
         for i, pname in enumerate(rel.paths):
             if pname not in paths:
                 raise _Fault(("metamorphic", mid, "paths", i), f"'{pname}' is not a path of this spec",
