@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--check", action="append", default=[], help="only checks whose id starts with this")
     r.add_argument("-n", "--workers", default=None, help="pytest-xdist workers (e.g. auto)")
     r.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    r.add_argument("-v", "--verbose", action="store_true",
+                   help="also show pytest's own output (one line per adapter x check item, its summary)")
     r.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                    help="per-check timeout for an adapter (default 600); a hung adapter costs one timeout, "
                         "then its remaining checks are errors")
@@ -155,7 +157,7 @@ def cmd_run(args) -> int:
                 args.baseline = str(moved / b.name)
     suite = Path(__file__).with_name("suite.py")
     junit_tmp = out / ".junit.xml.tmp"  # renamed to junit.xml once pytest has written it whole
-    pargs = [str(suite), "-p", "no:cacheprovider", "-q", "--no-header", "-rN", "--tb=no",
+    pargs = [str(suite), "-p", "no:cacheprovider",
              f"--junitxml={junit_tmp}", "-o", "junit_family=xunit2", "-o", "console_output_style=count",
              "-W", "ignore:record_property is incompatible:pytest.PytestWarning",
              "-W", "ignore::pytest.PytestAssertRewriteWarning",
@@ -183,6 +185,9 @@ def cmd_run(args) -> int:
             ERR.print("[red]error:[/] -n needs pytest-xdist: pip install pytest-xdist")
             return 2
         pargs += ["-n", str(args.workers)]
+    # One summary, ce-conformance's: pytest's terminal output only with -v.
+    pargs += ["-v", "--no-header", "-rN", "--tb=no"] if args.verbose else ["-p", "no:terminal"]
+    _forget_hypothesis_side_effects()
     import signal
 
     from . import pytest_plugin
@@ -192,6 +197,9 @@ def cmd_run(args) -> int:
     try:
         code = pytest.main(pargs)
         pytest_plugin._STATE["finishing"] = True  # a late SIGTERM is recorded, the reports still written
+        if not args.verbose:
+            for line in pytest_plugin._STATE.get("summary_lines", []):
+                print(line)
         if junit_tmp.exists():
             junit_tmp.replace(out / "junit.xml")
         results_file = out / "results.json"
@@ -201,6 +209,16 @@ def cmd_run(args) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _forget_hypothesis_side_effects() -> None:
+    """The spec's consistency check above runs Hypothesis before pytest loads Hypothesis's
+    plugin, which would then warn about "slow code in plugin": that run is over and harmless."""
+    try:
+        from hypothesis.configuration import notice_initialization_restarted
+    except ImportError:  # pragma: no cover - another Hypothesis layout
+        return
+    notice_initialization_restarted(warn=False)
 
 
 def _run_exit_code(code, out: Path, state: dict) -> int:

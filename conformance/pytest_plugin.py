@@ -186,11 +186,20 @@ def _progress(d):
     con = _STATE.get("console")
     if con is None:
         return
+    import time
+
+    from rich.markup import escape
+
     n = len(_STATE.get("results", []))
     total = _STATE.get("total") or "?"
-    con.print(f"[{n}/{total}] {marks.get(d['status'], d['status'])}[/] {d['adapter']} {d['check']} "
-              f"[dim]({d['examples']} examples, {d['duration_s']:.1f}s)[/]"
-              + (f"\n      {d['message'][:300]}" if d["status"] in ("failed", "error") else ""),
+    t0 = _STATE.setdefault("progress_t0", time.monotonic())
+    eta = ""
+    if isinstance(total, int) and n and n < total:
+        left = (time.monotonic() - t0) / n * (total - n)  # the mean so far, for the items left
+        eta = f", about {int(left) // 60}m{int(left) % 60:02d}s left"
+    con.print(f"[{n}/{total}] {marks.get(d['status'], d['status'])}[/] {escape(d['adapter'])} {escape(d['check'])} "
+              f"[dim]({d['examples']} examples, {d['duration_s']:.1f}s{eta})[/]"
+              + (f"\n      {escape(d['message'][:300])}" if d["status"] in ("failed", "error", "flaky") else ""),
               highlight=False)
 
 
@@ -214,6 +223,7 @@ def _start(config, total: int) -> None:
     partial file's header, the SIGTERM handler and the progress console."""
     worker = hasattr(config, "workerinput")
     _STATE["total"] = total
+    _STATE["progress_t0"] = __import__("time").monotonic()
     _STATE["is_worker"] = worker
     # absolute: an adapter run in-process (--ce-no-isolation) may change the current folder
     _STATE["out"] = Path(os.path.abspath(config.getoption("--ce-out")))

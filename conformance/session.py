@@ -195,6 +195,7 @@ def finish_run(config, state: dict[str, Any], *, interrupted: bool) -> Path | No
     results = state.get("results", [])
     resultsmod.write_failures(out, results, spec_file=state["spec"].file,
                               adapter_specs={name: _adapter_spec(a, name) for name, a in state["adapters"].items()})
+    used = _entries_used(results)
     run = {
         "profile": config.getoption("--ce-profile"),
         "seed": config.getoption("--ce-seed"),
@@ -209,7 +210,8 @@ def finish_run(config, state: dict[str, Any], *, interrupted: bool) -> Path | No
                                           + [e["file"] for e in state.get("known", [])])),
         "strict": config.getoption("--ce-strict"),
         "unmatched_known": [f"{e['file']} entry {e['index']} ({e['check']}) matched nothing"
-                            for e in state.get("known", []) if not e["matched"] and _relevant(e, state)],
+                            for e in state.get("known", [])
+                            if (e["file"], e["index"]) not in used and _relevant(e, state)],
     }
     path = resultsmod.write(out, spec=state["spec"], run=run, results=results)
     s = resultsmod.summary(results)
@@ -221,6 +223,20 @@ def finish_run(config, state: dict[str, Any], *, interrupted: bool) -> Path | No
               for r in results if r["status"] == "fixed"]
     state["summary_lines"] = lines
     return path
+
+
+def _entries_used(results: list[dict[str, Any]]) -> set[tuple[str, int]]:
+    """(file, index) of every known entry that accepted a failure or was reported fixed, read
+    from the results themselves (under xdist the entries were applied in other processes)."""
+    used = set()
+    for r in results:
+        for f in r.get("failures") or []:
+            acc = f.get("accepted_by") or {}
+            if acc.get("by") == "known":
+                used.add((acc.get("file"), acc.get("index")))
+        if r.get("status") in ("fixed", "known") and isinstance(r.get("known"), dict):
+            used.add((r["known"].get("file"), r["known"].get("index")))
+    return used
 
 
 def _adapter_spec(adapter, name: str) -> str:

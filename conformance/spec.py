@@ -158,6 +158,13 @@ class Spec:
     #: Where each value of the file is (for errors found after loading, e.g. spec_consistency).
     marks: Any = field(default=None, repr=False, compare=False)
 
+    def __repr__(self) -> str:
+        return f"Spec({self.operation} {self.version}, {self.file!r}, sha256 {self.sha256[:12]})"
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        """Hypothesis prints strategies with their arguments: keep the spec one line there."""
+        p.text(repr(self))
+
     @property
     def domains(self) -> dict[str, Any]:
         return self.raw["domains"]
