@@ -196,7 +196,7 @@ class JaxAdapter(Adapter):
         fn = self._compiled_for(key, path, reduction, gradient)
         args = [self._put(xr), self._put(tr), self._put(w), np.int64(case.ignore_index),
                 np.float64(case.label_smoothing), np.float64(P), self._put(row_ok)]
-        warned = [legacy_warning(reduction)] if any(v is not None for v in legacy.values()) else []
+        warned = ["UserWarning: " + legacy_warning(reduction)] if any(v is not None for v in legacy.values()) else []
 
         def value(out):
             out = np.asarray(out)

@@ -1,6 +1,12 @@
 """GPU adapters without a GPU: they import, skip with a reason, and the cross-device check's
 logic runs on the CPU with a CPU adapter standing in for the device one."""
+from pathlib import Path
+
 import pytest
+
+import conformance
+from conformance.gate import FailureFilter
+from conformance.session import load_known
 
 pytest.importorskip("torch")
 
@@ -27,10 +33,11 @@ def test_gpu_adapters_skip_with_a_reason_here():
 def test_crossdevice_agreement_passes_for_a_correct_twin():
     a = resolve("torch-module-cpu")
     a.cpu_twin = "torch-cpu"
-    r = run_check(Context(SPEC, a, profile="quick"), CHECK, seed=0)
-    assert r.status in ("passed", "failed")
-    if r.status == "failed":  # only torch's known float16 overflow may show up
-        assert "is finite in float16" in r.message
+    # torch's known float16 overflow may show up: the shipped known file accepts it, nothing else
+    gate = FailureFilter(known=load_known([str(Path(conformance.__file__).parent / "known" / "torch.yaml")]))
+    r = run_check(Context(SPEC, a, profile="quick"), CHECK, seed=0, gate=gate)
+    assert r.status != "failed", r.message
+    assert all(f["accepted_by"] and f["accepted_by"]["file"].endswith("torch.yaml") for f in r.failures)
 
 
 def test_crossdevice_agreement_fails_for_a_device_that_drifts():
@@ -38,8 +45,10 @@ def test_crossdevice_agreement_fails_for_a_device_that_drifts():
 
     a = TorchFunctionAdapter(planted.off_by_3e4, "drifting-device")
     a.cpu_twin = "torch-cpu"
-    r = run_check(Context(SPEC, a, profile="quick"), CHECK, seed=0)
-    assert r.status == "failed"
+    # 3e-4 relative is below half precision's resolution and inside a long float32 sum's
+    # bound: the default profile's examples include enough small float32/float64 cases
+    r = run_check(Context(SPEC, a, profile="default"), CHECK, seed=0)
+    assert r.status == "failed" and r.failure["signature"]["dtype"] in ("float32", "float64"), r.message
 
 
 def test_crossdevice_is_not_supported_without_a_twin():

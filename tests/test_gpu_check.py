@@ -17,7 +17,7 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, CE_CONFORMANCE_PROGRESS="0")
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-check"), str(tmp_path), "--device", "cpu"],
                           capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]  # torch's float16 overflow is a known entry
     doc = json.loads((tmp_path / "run" / "results.json").read_text())
     adapters = {r["adapter"] for r in doc["results"]}
     assert adapters == {"torch-cpu", "jax-cpu"}

@@ -27,19 +27,7 @@ INF = np.inf
 
 # --------------------------------------------------------------------------- fixtures
 def _load(operation: str):
-    """Load a spec; fall back to skipping the registry check while strategies.py /
-    metamorphic.py do not yet define the names the spec refers to."""
-    try:
-        return spec_mod.load_default(operation)
-    except (spec_mod.SpecError, ImportError) as exc:
-        text = str(exc)
-        if isinstance(exc, spec_mod.SpecError) and not any(
-            s in text for s in ("unknown strategy modifier", "unknown metamorphic transform", "unknown error mutation")
-        ):
-            raise
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(spec_mod, "_check_references", lambda *a, **k: None)
-            return spec_mod.load_default(operation)
+    return spec_mod.load_default(operation)
 
 
 @pytest.fixture(scope="module")
