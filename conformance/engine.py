@@ -265,9 +265,10 @@ class Search:
             body(data.draw)
         inner._hypothesis_internal_add_digest = f"{self.ctx.adapter.name}::{self.check.id}::{salt}".encode()
         test = given(st.data())(inner)
-        test = self._settings(max_examples, phases=phases, database=database)(test)
         if self.seed is not None:
             test = hyp_seed(_mix(self.seed, self.check.id, salt))(test)
+        # settings after @seed: @seed alone turns the example database off
+        test = self._settings(max_examples, phases=phases, database=database)(test)
         with _no_local_constants():
             test()
 
