@@ -5,11 +5,27 @@ function with F.cross_entropy's keywords (:class:`JaxCallableAdapter`).
 Jitted code cannot raise on data, so everything the error contract decides from shapes,
 dtypes and options is validated eagerly in Python (ValueError, as the NumPy reference), and
 an out-of-range class index becomes NaN at its position: the spec's ``invalid_target_nan``
-variant. Compiled functions are cached per (shapes, dtypes, static options, gradient flag)
-in memory and, where JAX allows, on disk. jax is imported lazily.
+variant. jax is imported lazily.
+
+Compilation is what JAX costs here, so the jitted core is shaped to compile rarely: one
+function per (positions bucket, classes bucket, compute dtype, target path, gradient flag).
+Positions are padded to a power of two, classes to a power of two with masked columns
+(``-inf`` logits, zero weights: exact zeros in every sum), half-precision inputs are widened
+to float32 in NumPy before the call and the result rounded back once in NumPy (what
+``astype`` under jit did), and reduction, ``ignore_index``, ``label_smoothing`` and the real
+P and C are runtime values: all three reductions come out of one call. ``cache_hits`` and
+``cache_misses`` count calls served by an already compiled function.
+
+The persistent compilation cache (what makes a second run start warm) is a documented,
+bounded folder: ``$CE_CONFORMANCE_JAX_CACHE`` (default ``$XDG_CACHE_HOME/ce-conformance/jax``,
+i.e. ``~/.cache/ce-conformance/jax-lru``), at most ``$CE_CONFORMANCE_JAX_CACHE_MB`` MiB (default
+256; JAX deletes the least recently used entries past it); ``CE_CONFORMANCE_JAX_CACHE=off``
+turns it off; without the ``filelock`` package (which JAX needs to bound it) it is off. A
+cache folder set by the user's own JAX configuration is left alone.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from typing import Any, Callable
@@ -24,13 +40,31 @@ from conformance.case import Case
 _EXTRAS = frozenset({"log_softmax", "nll_loss"})
 
 
-def _cache_dir() -> str:
+#: Default bound of the persistent compilation cache, in MiB (``$CE_CONFORMANCE_JAX_CACHE_MB``).
+CACHE_MB = 256
+
+
+def _cache_dir() -> str | None:
+    """The persistent compilation cache folder, or None when turned off."""
+    env = os.environ.get("CE_CONFORMANCE_JAX_CACHE")
+    if env is not None and env.strip().lower() in ("", "0", "off", "none", "false"):
+        return None
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.environ.get("CE_CONFORMANCE_JAX_CACHE", os.path.join(base, "ce-conformance", "jax"))
+    # not ".../jax": an unbounded cache of an earlier version there has no access-time files,
+    # which the bounded (least recently used) cache needs to evict
+    return env or os.path.join(base, "ce-conformance", "jax-lru")
+
+
+def _cache_bytes() -> int:
+    try:
+        return max(0, int(float(os.environ.get("CE_CONFORMANCE_JAX_CACHE_MB", CACHE_MB)) * 2**20))
+    except ValueError:
+        return CACHE_MB * 2**20
 
 
 def configure_jax() -> bool:
-    """float64 on, persistent compilation cache on (unless the user set one); False without jax."""
+    """float64 on; the persistent compilation cache in its documented, bounded folder (unless
+    the user configured one or turned it off: module docstring); False without jax."""
     try:
         import jax
     except ImportError:
@@ -39,8 +73,11 @@ def configure_jax() -> bool:
     try:  # the disk cache only saves time: any failure here is harmless
         if not jax.config.jax_compilation_cache_dir:
             path = _cache_dir()
+            if path is None or importlib.util.find_spec("filelock") is None:
+                return True
             os.makedirs(path, exist_ok=True)
             jax.config.update("jax_compilation_cache_dir", path)
+            jax.config.update("jax_compilation_cache_max_size", _cache_bytes())
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     except Exception:  # noqa: BLE001
         pass
@@ -66,13 +103,6 @@ def _compute_dtype(dtype):
     return jnp.float64 if np.dtype(dtype) == np.float64 else jnp.float32
 
 
-def _rows(a, ct):
-    """(C,) or (N, C, d...) -> (P, C) in dtype ``ct`` (shapes are static under jit)."""
-    import jax.numpy as jnp
-    a = a.astype(ct)
-    return a.reshape(1, -1) if a.ndim == 1 else jnp.moveaxis(a, 1, -1).reshape(-1, a.shape[1])
-
-
 def _pad(a: np.ndarray, rows: int, value) -> np.ndarray:
     """``a`` with its first axis padded to ``rows`` with ``value``."""
     out = np.full((rows,) + a.shape[1:], value, dtype=a.dtype)
@@ -85,28 +115,48 @@ def _none_shape(shape) -> tuple[int, ...]:
 
 
 def _bucket(P: int) -> int:
-    """Positions are padded up to a power of two (at least 8), so that the many shapes a
-    property-based run draws share a few compiled functions."""
-    return max(8, 1 << max(0, int(P - 1).bit_length()))
+    """Positions are padded up to an odd power of two (8, 32, 128, 512, ...), so that the
+    many shapes a property-based run draws share a few compiled functions (padding costs far
+    less than a compilation at the sizes a run draws)."""
+    b = max(3, int(P - 1).bit_length())
+    return 1 << (b + 1 - (b & 1))
 
 
-def _padded_loss(xr, target, w, ignore_index, eps, p_real, row_ok, *, path: str, reduction: str):
-    """The loss on canonical rows (Pb, C), padded rows masked out by ``row_ok``; traced under
-    jit. 'none' returns every row's loss (the caller slices and reshapes)."""
+def _class_bucket(C: int) -> int:
+    """Classes are padded up to a power of two (at least 8) too; the padded columns are masked."""
+    return max(8, 1 << max(0, int(C - 1).bit_length()))
+
+
+def _pad2(a: np.ndarray, rows: int, cols: int, value) -> np.ndarray:
+    out = np.full((rows, cols), value, dtype=a.dtype)
+    out[:a.shape[0], :a.shape[1]] = a
+    return out
+
+
+def _masked_log_softmax(x, col_ok):
+    """log_softmax over the real columns of padded rows; 0 (not -inf) in the padded columns,
+    so that no product with a zero weight or probability becomes NaN (value and gradient)."""
     import jax
     import jax.numpy as jnp
 
-    out_dtype = xr.dtype
-    ct = _compute_dtype(xr.dtype)
-    x = xr.astype(ct)
-    C = x.shape[1]
-    w = w.astype(ct)
+    lp = jax.nn.log_softmax(jnp.where(col_ok[None, :], x, -jnp.inf), axis=1)
+    return jnp.where(col_ok[None, :], lp, 0)
+
+
+def _padded_losses(x, target, w, ignore_index, eps, p_real, c_real, row_ok, col_ok, *, path: str):
+    """Per-row losses of canonical padded rows (Pb, Cb) in the compute dtype, padded rows and
+    columns masked out, and the mean's denominator; traced under jit. The sum and the mean
+    are taken by the caller of this function (one compiled function serves all reductions)."""
+    import jax.numpy as jnp
+
+    ct = x.dtype
     eps = eps.astype(ct)
-    lp = jax.nn.log_softmax(x, axis=1)
+    C = c_real.astype(ct)
+    lp = _masked_log_softmax(x, col_ok)
     if path == "index":
         t = target.astype(jnp.int64)
         valid = (t != ignore_index) & row_ok
-        bad = valid & ((t < 0) | (t >= C))
+        bad = valid & ((t < 0) | (t >= c_real))
         tc = jnp.where(valid & ~bad, t, 0)
         wt = jnp.where(valid, w[tc], 0)
         raw = wt * -jnp.take_along_axis(lp, tc[:, None], axis=1)[:, 0]
@@ -118,17 +168,41 @@ def _padded_loss(xr, target, w, ignore_index, eps, p_real, row_ok, *, path: str,
         l = jnp.where(valid, raw * jnp.where(bad, jnp.nan, 1), 0)
         den = jnp.sum(jnp.where(bad, jnp.nan, wt))
     else:
-        y = target.astype(ct)
-        q = jnp.where(eps > 0, (1 - eps) * y + eps / C, y)
+        q = jnp.where(eps > 0, (1 - eps) * target + jnp.where(col_ok, eps / C, 0), target)
         l = jnp.where(row_ok, -jnp.sum(w * q * lp, axis=1), 0)
         den = p_real.astype(ct)
-    if reduction == "none":
-        out = l
-    elif reduction == "sum":
-        out = jnp.sum(l)
-    else:  # den = 0 gives NaN as in torch, which divides each term by den (not inf)
-        out = jnp.sum(l) / den + jnp.where(den == 0, jnp.nan, 0)
-    return out.astype(out_dtype)
+    return l, den
+
+
+def _reduce(l, den):
+    """(sum, mean) of per-row losses; den = 0 gives NaN as in torch, which divides each term
+    by den (not inf)."""
+    import jax.numpy as jnp
+
+    s = jnp.sum(l)
+    return s, s / den + jnp.where(den == 0, jnp.nan, 0)
+
+
+def _padded_loss(xr, target, w, ignore_index, eps, p_real, row_ok, *, path: str, reduction: str):
+    """The loss of unpadded canonical rows (P, C) in their own dtype (the plain function
+    :func:`cross_entropy` below); 'none' returns every row's loss."""
+    import jax.numpy as jnp
+
+    out_dtype = xr.dtype
+    ct = _compute_dtype(xr.dtype)
+    C = xr.shape[1]
+    tgt = target if path == "index" else target.astype(ct)
+    l, den = _padded_losses(xr.astype(ct), tgt, w.astype(ct), ignore_index, eps, p_real, jnp.int64(C), row_ok,
+                            jnp.ones(C, bool), path=path)
+    s, m = _reduce(l, den)
+    return {"none": l, "sum": s, "mean": m}[reduction].astype(out_dtype)
+
+
+_MODES = {"none": 0, "sum": 1, "mean": 2}
+
+
+def _np_compute_dtype(dtype) -> np.dtype:
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
 class JaxAdapter(Adapter):
@@ -152,7 +226,8 @@ class JaxAdapter(Adapter):
         import jax
         return None if a is None else jax.device_put(np.asarray(a), jax.devices(self.device)[0])
 
-    def _compiled_for(self, key: tuple, path: str, reduction: str, gradient: bool):
+    def _jit(self, key: tuple, build: Callable[[], Callable]) -> Callable:
+        """The compiled function for ``key`` (built on a miss); counts hits and misses."""
         fn = self._compiled.get(key)
         if fn is not None:
             self.cache_hits += 1
@@ -160,22 +235,32 @@ class JaxAdapter(Adapter):
         self.cache_misses += 1
         import jax
 
-        def forward(x, target, weight, ignore_index, eps, p_real, row_ok):
-            return _padded_loss(x, target, weight, ignore_index, eps, p_real, row_ok, path=path,
-                                reduction=reduction)
-
-        def with_gradient(x, target, weight, ignore_index, eps, p_real, row_ok, g):
-            rest = (weight, ignore_index, eps, p_real, row_ok)
-            if path == "probability":
-                out, vjp = jax.vjp(lambda a, b: forward(a, b, *rest), x, target)
-                gx, gy = vjp(g)
-                return out, {"input": gx, "target": gy}
-            out, vjp = jax.vjp(lambda a: forward(a, target, *rest), x)
-            return out, {"input": vjp(g)[0]}
-
-        fn = jax.jit(with_gradient if gradient else forward)
-        self._compiled[key] = fn
+        fn = self._compiled[key] = jax.jit(build())
         return fn
+
+    def _compiled_for(self, key: tuple, path: str):
+        """One function for the value (all three reductions) and the gradients: a forward-only
+        call passes a zero cotangent, so value and gradient calls share one compilation."""
+        def build():
+            import jax
+
+            def with_gradient(x, target, weight, ignore_index, eps, p_real, c_real, row_ok, col_ok, g, mode):
+                def rows(a, b):
+                    return _padded_losses(a, b, weight, ignore_index, eps, p_real, c_real, row_ok, col_ok,
+                                          path=path)
+                # the mean's denominator does not depend on the logits (nor on probability
+                # targets): its gradient is the per-row one scaled by 1/den
+                if path == "probability":
+                    l, vjp, den = jax.vjp(rows, x, target, has_aux=True)
+                else:
+                    l, vjp, den = jax.vjp(lambda a: rows(a, target), x, has_aux=True)
+                grads = vjp(jax.numpy.where(mode == 2, g / den, g))
+                s, m = _reduce(l, den)
+                return (l, s, m), dict(zip(("input", "target"), grads))
+
+            return with_gradient
+
+        return self._jit(key, build)
 
     def call(self, case: Case, *, gradient: bool = False) -> Result:
         legacy = case.legacy or {}
@@ -184,64 +269,92 @@ class JaxAdapter(Adapter):
                                None if case.weight is None else case.weight.shape, reduction=reduction,
                                ignore_index=case.ignore_index, label_smoothing=case.label_smoothing)
         C, P = case.num_classes, case.positions
-        Pb = _bucket(P)
-        xr = _pad(case.to_rows(case.x), Pb, 0)
+        Pb, Cb = _bucket(P), _class_bucket(C)
+        out_dtype = case.x.dtype
+        ct = _np_compute_dtype(out_dtype)  # half precision widened exactly; rounded back once below
+        xr = _pad2(case.to_rows(case.x).astype(ct), Pb, Cb, 0)
         if path == "index":
             tr = _pad(np.asarray(case.target).astype(np.int64).reshape(-1), Pb, case.ignore_index)
         else:
-            tr = _pad(case.to_rows(case.target), Pb, 0)
-        w = case.weight if case.weight is not None else np.ones(C, dtype=case.x.dtype)
-        row_ok = np.arange(Pb) < P
-        key = (self.device, Pb, C, str(case.x.dtype), str(tr.dtype), str(w.dtype), path, reduction, gradient)
-        fn = self._compiled_for(key, path, reduction, gradient)
+            tr = _pad2(case.to_rows(case.target).astype(ct), Pb, Cb, 0)
+        w = np.zeros(Cb, ct)
+        w[:C] = case.weight if case.weight is not None else 1
+        row_ok, col_ok = np.arange(Pb) < P, np.arange(Cb) < C
+        fn = self._compiled_for((self.device, Pb, Cb, ct.name, path), path)
         args = [self._put(xr), self._put(tr), self._put(w), np.int64(case.ignore_index),
-                np.float64(case.label_smoothing), np.float64(P), self._put(row_ok)]
+                np.float64(case.label_smoothing), np.float64(P), np.int64(C), self._put(row_ok), self._put(col_ok)]
         warned = ["UserWarning: " + legacy_warning(reduction)] if any(v is not None for v in legacy.values()) else []
 
-        def value(out):
-            out = np.asarray(out)
+        def value(outs):
+            with np.errstate(over="ignore"):  # rounding to half precision may overflow to inf
+                out = np.asarray(outs[_MODES[reduction]]).astype(out_dtype)
             return out[:P].reshape(case.none_shape) if reduction == "none" else out
 
+        g = np.zeros(Pb, dtype=ct)
         if not gradient:
-            return Result(value(fn(*args)), {}, warned)
+            return Result(value(fn(*args, self._put(g), np.int64(0))[0]), {}, warned)
         if reduction == "none":
-            g = np.zeros(Pb, dtype=case.x.dtype)
             g[:P] = (np.asarray(case.upstream).reshape(-1) if case.upstream is not None else 1)
         else:
-            g = (np.asarray(case.upstream).reshape(()) if case.upstream is not None else np.ones(())).astype(case.x.dtype)
-        out, grads = fn(*args, self._put(g))
-        back = {k: case.from_canonical(np.asarray(v)[:P], "elementwise") for k, v in grads.items()}
-        return Result(value(out), back, warned)
+            g[:P] = np.asarray(case.upstream).reshape(()) if case.upstream is not None else 1
+        outs, grads = fn(*args, self._put(g), np.int64(_MODES[reduction]))
+        with np.errstate(over="ignore"):
+            back = {k: case.from_canonical(np.asarray(v)[:P, :C].astype(out_dtype), "elementwise")
+                    for k, v in grads.items()}
+        return Result(value(outs), back, warned)
 
     # ------------------------------------------------------------------ decomposition extras
     def log_softmax(self, x: np.ndarray, axis: int) -> np.ndarray:
-        import jax
         x = np.asarray(x)
-        xs = self._put(x)
-        return np.asarray(jax.nn.log_softmax(xs.astype(_compute_dtype(x.dtype)), axis=axis).astype(x.dtype))
+        ct = _np_compute_dtype(x.dtype)
+        moved = np.moveaxis(x, axis, -1)
+        C = moved.shape[-1] if moved.ndim else 1
+        rows = moved.reshape(-1, C).astype(ct)
+        P = rows.shape[0]
+        Pb, Cb = _bucket(P), _class_bucket(C)
+
+        def build():
+            return _masked_log_softmax
+
+        fn = self._jit((self.device, "log_softmax", Pb, Cb, ct.name), build)
+        out = np.asarray(fn(self._put(_pad2(rows, Pb, Cb, 0)), self._put(np.arange(Cb) < C)))
+        with np.errstate(over="ignore"):
+            out = out[:P, :C].astype(x.dtype)
+        return np.moveaxis(out.reshape(moved.shape), -1, axis)
 
     def nll_loss(self, lp, target, *, weight=None, ignore_index=-100, reduction="mean"):
-        import jax.numpy as jnp
         lp, target = np.asarray(lp), np.asarray(target)
         if target.shape == lp.shape and lp.ndim > 1:
             raise ValueError("nll_loss takes class-index targets only")
         check_arguments(lp.shape, lp.dtype, target.shape, target.dtype,
                         None if weight is None else np.shape(weight), reduction=reduction,
                         ignore_index=ignore_index, label_smoothing=0.0)
-        ct = _compute_dtype(lp.dtype)
-        rows = _rows(self._put(lp), ct)
+        ct = _np_compute_dtype(lp.dtype)
+        rows = (lp.reshape(1, -1) if lp.ndim == 1 else np.moveaxis(lp, 1, -1).reshape(-1, lp.shape[1])).astype(ct)
         P, C = rows.shape
-        w = jnp.ones(C, ct) if weight is None else self._put(weight).astype(ct)
-        t = self._put(target).reshape(-1).astype(jnp.int64)
-        valid = t != ignore_index
-        bad = valid & ((t < 0) | (t >= C))
-        tc = jnp.where(valid & ~bad, t, 0)
-        wt = jnp.where(bad, jnp.nan, jnp.where(valid, w[tc], 0))
-        l = jnp.where(valid, -wt * jnp.take_along_axis(rows, tc[:, None], axis=1)[:, 0], 0)
-        if reduction == "none":
-            return np.asarray(l.reshape(_none_shape(lp.shape)).astype(lp.dtype))
-        out = jnp.sum(l) if reduction == "sum" else jnp.sum(l) / jnp.sum(wt)
-        return np.asarray(out.astype(lp.dtype))
+        Pb, Cb = _bucket(P), _class_bucket(C)
+        w = np.zeros(Cb, ct)
+        w[:C] = 1 if weight is None else np.asarray(weight).astype(ct)
+        t = _pad(target.reshape(-1).astype(np.int64), Pb, ignore_index)
+
+        def build():
+            import jax.numpy as jnp
+
+            def nll(rows, t, w, ignore_index, c_real, row_ok):
+                valid = (t != ignore_index) & row_ok
+                bad = valid & ((t < 0) | (t >= c_real))
+                tc = jnp.where(valid & ~bad, t, 0)
+                wt = jnp.where(bad, jnp.nan, jnp.where(valid, w[tc], 0))
+                l = jnp.where(valid, -wt * jnp.take_along_axis(rows, tc[:, None], axis=1)[:, 0], 0)
+                return l, jnp.sum(l), jnp.sum(l) / jnp.sum(wt)
+            return nll
+
+        fn = self._jit((self.device, "nll_loss", Pb, Cb, ct.name), build)
+        outs = fn(self._put(_pad2(rows, Pb, Cb, 0)), self._put(t), self._put(w), np.int64(ignore_index),
+                  np.int64(C), self._put(np.arange(Pb) < P))
+        with np.errstate(over="ignore"):
+            out = np.asarray(outs[_MODES[reduction]]).astype(lp.dtype)
+        return out[:P].reshape(_none_shape(lp.shape)) if reduction == "none" else out
 
     def info(self) -> dict[str, Any]:
         d = super().info()

@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
                         "then its remaining checks are errors")
     r.add_argument("--no-isolation", action="store_true",
                    help="run adapters in this process: no worker processes, no crash containment, no timeout")
+    r.add_argument("--shard", default=None, metavar="I/N",
+                   help="run shard I of N (split by expected cost); merge with: ce-conformance report */results.json")
+    r.add_argument("--database", action="append", default=[], metavar="DIR|redis://HOST:PORT/DB|github:OWNER/REPO",
+                   help="Hypothesis example database to read and write (repeatable; default .hypothesis/ce-conformance)")
+    r.add_argument("--database-readonly", action="append", default=[], metavar="DIR|redis://...|github:OWNER/REPO",
+                   help="example database to read only (repeatable): replay what CI found without writing to it")
 
     s = sub.add_parser("spec", help="validate or show spec files")
     ssub = s.add_subparsers(dest="spec_command", required=True)
@@ -51,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     sh = ssub.add_parser("show", help="print a spec's formulas and clauses")
     sh.add_argument("file", nargs="?", default=None)
 
-    rep = sub.add_parser("report", help="render the HTML report from results files")
+    rep = sub.add_parser("report", help="render the HTML report from results files; several results.json "
+                                        "(shards of one run) are merged into --out's results.json and junit.xml")
     rep.add_argument("results", nargs="+")
     rep.add_argument("--out", default="reports")
 
@@ -65,6 +72,18 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default=None, help="file to write (default: print the path of the stored script)")
 
     sub.add_parser("adapters", help="list the built-in adapters and whether they can run here")
+
+    b = sub.add_parser("bench", help="benchmark: wall time, harness share, JAX compile hits, time to first "
+                                     "failure of the planted bugs, oracle throughput (JSON and a table)")
+    b.add_argument("--profile", action="append", default=None, choices=["quick", "default", "thorough"],
+                   help="profile(s) to time (repeatable; default: quick and default)")
+    b.add_argument("--adapter", action="append", default=None, help="adapters to time (default numpy, torch-cpu, jax-cpu)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seeds", type=int, default=3, help="seeds per planted bug (median and worst over them)")
+    b.add_argument("--skip", action="append", default=[], choices=["runs", "planted", "oracle"],
+                   help="leave a part out (repeatable)")
+    b.add_argument("--oracle-max", type=int, default=24, metavar="LOG2", help="largest P*C of the oracle part, 2^LOG2")
+    b.add_argument("--json", default=None, metavar="FILE", help="also write the JSON here")
     return p
 
 
@@ -72,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"run": cmd_run, "spec": cmd_spec, "report": cmd_report, "diff": cmd_diff,
-                "repro": cmd_repro, "adapters": cmd_adapters}[args.command](args)
+                "repro": cmd_repro, "adapters": cmd_adapters, "bench": cmd_bench}[args.command](args)
     except KeyboardInterrupt:
         ERR.print("[red]interrupted[/]")
         return 2
@@ -140,6 +159,9 @@ def cmd_run(args) -> int:
         if args.baseline:
             from .session import load_baseline
             load_baseline(args.baseline)
+        problem = _scale_problem(args)
+        if problem:
+            return _error(problem)
         spec_consistency.check(spec)  # last: it costs about a second, the checks above far less
     except (SpecError, ConfigError) as exc:
         return _error(str(exc))
@@ -180,6 +202,10 @@ def cmd_run(args) -> int:
         pargs.append(f"--ce-spec={args.spec}")
     if args.baseline:
         pargs.append(f"--ce-baseline={args.baseline}")
+    if args.shard:
+        pargs.append(f"--ce-shard={args.shard}")
+    pargs += [f"--ce-database={d}" for d in args.database]
+    pargs += [f"--ce-database-readonly={d}" for d in args.database_readonly]
     if args.workers:
         if importlib.util.find_spec("xdist") is None:
             ERR.print("[red]error:[/] -n needs pytest-xdist: pip install pytest-xdist")
@@ -219,6 +245,24 @@ def _forget_hypothesis_side_effects() -> None:
     except ImportError:  # pragma: no cover - another Hypothesis layout
         return
     notice_initialization_restarted(warn=False)
+
+
+def _scale_problem(args) -> str | None:
+    """What is wrong with --shard, --database and --database-readonly (None: nothing)."""
+    from .database import DatabaseError, check, compose
+    from .shard import ShardError, parse
+
+    try:
+        if args.shard:
+            parse(args.shard)
+        if args.database or args.database_readonly:
+            if args.ci and args.seed is None:
+                return ("--database/--database-readonly with --ci: a derandomised search cannot use an example "
+                        "database (Hypothesis forbids it); fix: give --seed S instead of --ci, or both")
+            check(compose(args.database, args.database_readonly, default=None))
+    except (ShardError, DatabaseError) as exc:
+        return str(exc)
+    return None
 
 
 def _run_exit_code(code, out: Path, state: dict) -> int:
@@ -292,7 +336,29 @@ def cmd_report(args) -> int:
         ERR.print(f"rebuilt {path} and {out / 'junit.xml'} from {f}"
                   + (" (its last line was cut short and is left out)" if truncated else ""))
         files.append(str(path))
+    if len(files) > 1:
+        from .merge import MergeError, merge
+
+        problem = _path_problem(str(out), folder=True, option="--out")
+        if problem:
+            return _error(problem)
+        try:
+            path, warnings = merge(files, out)
+        except MergeError as exc:
+            return _error(str(exc))
+        except OSError as exc:
+            return _error(f"cannot write the merged results to {out}: {exc.strerror or exc}")
+        ERR.print(f"merged {len(files)} results files into {path} and {out / 'junit.xml'}")
+        for w in warnings:
+            ERR.print(f"[yellow]warning: {w}[/]")
+        files = [str(path)]
     return _render_report(files, out)
+
+
+def cmd_bench(args) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args)
 
 
 def cmd_spec(args) -> int:

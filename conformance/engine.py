@@ -22,7 +22,6 @@ import numpy as np
 from hypothesis import HealthCheck, Phase, given, reject, settings
 from hypothesis import seed as hyp_seed
 from hypothesis import strategies as st
-from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.errors import FlakyFailure, Unsatisfiable
 
 from . import covering
@@ -58,6 +57,9 @@ class CheckResult:
     tway: dict[str, Any] = field(default_factory=dict)
     #: The Hypothesis seed the searches used (drawn when the run gave none).
     seed: int | None = None
+    #: When the first failing example no known entry or baseline accepted was met:
+    #: {"examples": examples tried so far, "seconds": since the check started}; None if none.
+    first_failure: dict[str, Any] | None = None
     #: Inputs of the failing case (npz bytes), written next to results.json by the runner.
     failure_inputs: bytes | None = field(default=None, repr=False)
 
@@ -101,8 +103,12 @@ def case_inputs_npz(case) -> bytes:
 
 
 def run_check(ctx: Context, check: Check, *, seed: int | None = None, derandomize: bool = False,
-              database_dir: str | None = None, isolate: bool = True, gate: FailureFilter | None = None) -> CheckResult:
+              database: str | None = None, database_dir: str | None = None, isolate: bool = True,
+              gate: FailureFilter | None = None) -> CheckResult:
     """Run ``check`` for ``ctx.adapter`` and return its result; never raises for adapter faults.
+
+    ``database`` is a database spec (conformance/database.py: a folder, ``redis://...``,
+    ``github:OWNER/REPO``, entries joined by ``;``); ``database_dir`` is its older name.
 
     ``gate`` holds the known divergences and the baseline: a failing example they accept is
     recorded and the search goes on, so that it cannot hide a new failure (conformance/gate.py).
@@ -112,7 +118,7 @@ def run_check(ctx: Context, check: Check, *, seed: int | None = None, derandomiz
         from .isolation import run_isolated
         return run_isolated(getattr(ctx.adapter, "source", ctx.adapter.name), check, profile=ctx.profile,
                             seed=seed, spec_file=ctx.spec.file, name=ctx.adapter.name, derandomize=derandomize,
-                            database_dir=database_dir, gate_json=gate.to_json() if gate is not None else None)
+                            database_dir=database or database_dir, gate_json=gate.to_json() if gate is not None else None)
     res = CheckResult(ctx.adapter.name, check.id, check.kind, check.clause, check.description, "passed",
                       severity=check.severity)
     why = _not_supported(ctx, check)
@@ -120,12 +126,13 @@ def run_check(ctx: Context, check: Check, *, seed: int | None = None, derandomiz
         res.status, res.message = "not_supported", why
         return res
     search = Search(ctx, check, gate or FailureFilter(), seed=seed, derandomize=derandomize,
-                    database_dir=database_dir)
+                    database_dir=database or database_dir)
     t0 = time.perf_counter()
     search.run(res)
     res.duration_s = round(time.perf_counter() - t0, 3)
     _summarise(res, search.outcomes)
     res.examples = search.tried
+    res.first_failure = search.first_failure
     res.tway = search.tway()
     if res.status == "passed" and res.variants:
         res.status = "variant"
@@ -190,7 +197,9 @@ class Search:
         self.derandomize = derandomize
         # An explicit seed for every search of this check: the pinned searches replay it.
         self.seed = seed if seed is not None or derandomize else random.SystemRandom().randrange(2**32)
-        self.database_dir = database_dir
+        self.database_dir = database_dir  # a database spec (conformance/database.py)
+        self.first_failure: dict[str, Any] | None = None
+        self.t0 = time.perf_counter()
         self.outcomes: list[Outcome] = []
         self.records: dict[str, FailureRecord] = {}
         self.tried = 0
@@ -211,6 +220,8 @@ class Search:
                 out = self.check.example(self.ctx, draw)
         except CheckFailure as f:
             rec = self._record(f)
+            if self.first_failure is None and rec.matched is None:
+                self.first_failure = {"examples": self.tried, "seconds": round(time.perf_counter() - self.t0, 3)}
             self.outcomes.append(Outcome(f.case, []))
             if raise_for(rec):
                 self.last_raised = f
@@ -254,9 +265,10 @@ class Search:
             body(data.draw)
         inner._hypothesis_internal_add_digest = f"{self.ctx.adapter.name}::{self.check.id}::{salt}".encode()
         test = given(st.data())(inner)
-        test = self._settings(max_examples, phases=phases, database=database)(test)
         if self.seed is not None:
             test = hyp_seed(_mix(self.seed, self.check.id, salt))(test)
+        # settings after @seed: @seed alone turns the example database off
+        test = self._settings(max_examples, phases=phases, database=database)(test)
         with _no_local_constants():
             test()
 
@@ -285,7 +297,8 @@ class Search:
         if self.check.kind in ("forward", "gradient"):
             self._covering()
         # the random phase: accepted failures are recorded and the search goes on
-        database = DirectoryBasedExampleDatabase(self.database_dir) if self.database_dir else None
+        # Hypothesis forbids a database in a derandomised search (--ci without --seed)
+        database = None if self.derandomize and self.seed is None else _database(self.database_dir)
         self.counting = True
         main_failure: CheckFailure | None = None
         try:
@@ -467,6 +480,12 @@ class Search:
         covered, total = covering.coverage(seen, self.domains, self.strength, covering.option_valid)
         return {"t": self.strength, "covered": covered, "total": total, "rows": len(self.rows),
                 "rows_run": len(getattr(self, "rows_run", []))}
+
+
+def _database(spec: str | None):
+    from . import database
+
+    return database.build(spec)
 
 
 def _pattern_accepts(rec: FailureRecord, sig: dict[str, str]) -> bool:

@@ -19,12 +19,13 @@ from .worker import DEFAULT_TIMEOUT, AdapterWorker, WorkerDied, error_result
 
 def run_isolated(adapter_source: str, check, *, profile: str, seed: int | None, spec_file: str,
                  timeout: float = DEFAULT_TIMEOUT, name: str | None = None, derandomize: bool = False,
-                 database_dir: str | None = None, gate_json: dict[str, Any] | None = None):
+                 database_dir: str | None = None, gate_json: dict[str, Any] | None = None,
+                 database: str | None = None):
     """Run ``check`` in a fresh worker process for ``adapter_source`` and return its CheckResult."""
     name = name or adapter_source
     w = AdapterWorker(adapter_source, name=name, spec_file=spec_file, profile=profile, timeout=timeout)
     try:
-        out = w.run(check, seed=seed, derandomize=derandomize, database_dir=database_dir, gate_json=gate_json,
+        out = w.run(check, seed=seed, derandomize=derandomize, database_dir=database or database_dir, gate_json=gate_json,
                     one_shot=True)
     except WorkerDied as exc:
         if check.kind == "error" and not exc.timed_out:

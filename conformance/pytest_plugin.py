@@ -39,6 +39,12 @@ def pytest_addoption(parser):
                 help="per-check timeout of an adapter's worker process (a hung adapter: one timeout, then error)")
     g.addoption("--ce-no-isolation", action="store_true",
                 help="run adapters in this process (no worker processes: no crash containment, no timeout)")
+    g.addoption("--ce-database", action="append", default=[], metavar="DIR|redis://...|github:OWNER/REPO",
+                help="example database read and written (repeatable; default .hypothesis/ce-conformance)")
+    g.addoption("--ce-database-readonly", action="append", default=[], metavar="DIR|redis://...|github:OWNER/REPO",
+                help="example database only read (repeatable): replay what CI found, write nothing there")
+    g.addoption("--ce-shard", default=None, metavar="I/N",
+                help="run only shard I of N (items split by expected cost: conformance/shard.py)")
 
 
 def _session_setup(config):
@@ -60,18 +66,33 @@ def _session_setup(config):
     _STATE["baseline"] = load_baseline(config.getoption("--ce-baseline"))
     from .session import make_filter
     _STATE["gate"] = make_filter(_STATE["known"], _STATE["baseline"])
+    _STATE["database"] = _database(config)
     return _STATE
+
+
+def _database(config) -> str | None:
+    """The run's database spec (conformance/database.py): the --ce-database entries (the local
+    folder when none, unless derandomised) and the --ce-database-readonly ones."""
+    from .database import DEFAULT_DIR, compose
+
+    writable, readonly = config.getoption("--ce-database"), config.getoption("--ce-database-readonly")
+    derandomized = config.getoption("--ce-derandomize") and config.getoption("--ce-seed") is None
+    if derandomized and not (writable or readonly):
+        return None
+    return compose(writable, readonly, default=DEFAULT_DIR)
 
 
 def pytest_generate_tests(metafunc):
     if "ce_item" not in metafunc.fixturenames:
         return
     state = _session_setup(metafunc.config)
+    from .shard import select
+
     params, ids = [], []
-    for name, adapter in state["adapters"].items():
-        for check in state["checks"]:
-            params.append((name, check.id))
-            ids.append(f"{name}::{check.id}")
+    for name, check in select(state["adapters"], state["checks"], metafunc.config.getoption("--ce-profile"),
+                              metafunc.config.getoption("--ce-shard")):
+        params.append((name, check.id))
+        ids.append(f"{name}::{check.id}")
     metafunc.parametrize("ce_item", params, ids=ids)
 
 
@@ -90,7 +111,7 @@ def run_item(config, adapter_name: str, check_id: str):
     else:
         seed = config.getoption("--ce-seed")
         derandomize = config.getoption("--ce-derandomize")
-        db = None if derandomize else os.path.abspath(Path(".hypothesis") / "ce-conformance")
+        db = state["database"]
         source = getattr(adapter, "source", None)
         if config.getoption("--ce-no-isolation") or not source:
             if not source and not config.getoption("--ce-no-isolation") and adapter_name not in state.setdefault(
@@ -254,6 +275,7 @@ def _partial_header(config, state) -> dict:
         "spec": spec_info(state["spec"]),
         "run": {"profile": config.getoption("--ce-profile"), "seed": config.getoption("--ce-seed"),
                 "derandomize": config.getoption("--ce-derandomize"), "strict": config.getoption("--ce-strict"),
+                "shard": config.getoption("--ce-shard"),
                 "command": " ".join(state.get("argv") or sys.argv), "started": state.get("started") or now(),
                 "known_files": list(config.getoption("--ce-known")),
                 "adapters": [{"name": n, "framework": getattr(a, "framework", "?"), "device": getattr(a, "device", "?")}

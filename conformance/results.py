@@ -35,7 +35,9 @@ def now() -> str:
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "platform": platform.platform()}
+    from . import __version__
+
+    out = {"ce-conformance": __version__, "python": platform.python_version(), "platform": platform.platform()}
     from importlib import metadata
 
     for mod in ("numpy", "hypothesis", "torch", "jax", "jaxlib", "ml_dtypes"):

@@ -209,6 +209,7 @@ def finish_run(config, state: dict[str, Any], *, interrupted: bool) -> Path | No
         "known_files": list(dict.fromkeys(list(config.getoption("--ce-known"))
                                           + [e["file"] for e in state.get("known", [])])),
         "strict": config.getoption("--ce-strict"),
+        "shard": config.getoption("--ce-shard"),
         "unmatched_known": [f"{e['file']} entry {e['index']} ({e['check']}) matched nothing"
                             for e in state.get("known", [])
                             if (e["file"], e["index"]) not in used and _relevant(e, state)],

@@ -227,13 +227,13 @@ class AdapterWorker:
         return answer
 
     def run(self, check, *, seed: int | None = None, derandomize: bool = False, database_dir: str | None = None,
-            gate_json: dict[str, Any] | None = None, one_shot: bool = False):
+            gate_json: dict[str, Any] | None = None, one_shot: bool = False, database: str | None = None):
         """Run ``check`` in the worker and return its CheckResult; never raises for adapter faults
         (:class:`WorkerDied` only with ``one_shot``, for the caller to judge the death)."""
         if self.dead:
             return error_result(self.name, check, f"not run: {self.dead}")
         request = {"op": "check", "check": check.id, "seed": seed, "derandomize": bool(derandomize),
-                   "database_dir": os.path.abspath(database_dir) if database_dir else None, "gate": gate_json}
+                   "database": _database_spec(database or database_dir), "gate": gate_json}
         t0 = time.perf_counter()
         try:
             answer = self._start() if self.proc is None else {}
@@ -258,6 +258,16 @@ class AdapterWorker:
             return error_result(self.name, check, answer["fatal"])
         self.crashes = 0
         return result_from_json(answer["result"])
+
+
+def _database_spec(spec: str | None) -> str | None:
+    """A database spec (conformance/database.py) with its folders made absolute: the worker
+    builds the database itself, from the same string."""
+    if not spec:
+        return None
+    from .database import compose, entries
+
+    return compose([t for ro, _, t in entries(spec) if not ro], [t for ro, _, t in entries(spec) if ro], default=None)
 
 
 @atexit.register
@@ -412,7 +422,7 @@ def _serve(proto_in, proto_out) -> int:
         guard.changes, guard.base_exception = [], None
         threads_before = _non_daemon_threads()
         kw: dict[str, Any] = {"seed": req["seed"], "derandomize": req["derandomize"],
-                              "database_dir": req["database_dir"]}
+                              "database_dir": req.get("database") or req.get("database_dir")}
         if "isolate" in accepted:
             kw["isolate"] = False
         if "gate" in accepted:
