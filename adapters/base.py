@@ -40,6 +40,9 @@ class Capabilities:
     extras: frozenset[str] = frozenset()
     #: Largest number of classes worth sending (memory/time), None for no limit.
     max_classes: int | None = None
+    #: LLM-kernel options of the spec's ``extensions:`` the implementation takes (logit_scale,
+    #: softcap, z_loss, return_z_loss, return_lse, normalizer, shift); none for F.cross_entropy.
+    extensions: frozenset[str] = frozenset()
 
     def unsupported(self, case: Case, *, need_gradient: bool = False) -> str | None:
         """Why this adapter cannot run ``case``, or None when it can."""
@@ -65,6 +68,9 @@ class Capabilities:
         missing = sorted(wanted - set(self.features))
         if missing:
             return ", ".join(missing)
+        ext = sorted(k for k in case.extensions if k not in self.extensions)
+        if ext:
+            return "extension " + ", ".join(ext)
         if self.max_classes is not None and case.num_classes > self.max_classes:
             return f"{case.num_classes} classes > {self.max_classes}"
         return None
@@ -88,6 +94,8 @@ class Result:
     #: Warnings the call emitted, as "Category: message" (the spec's
     #: ``signature.deprecated_warning`` says which category a deprecated argument must raise).
     warnings: list[str] = field(default_factory=list)
+    #: Extra outputs asked for by the case's extensions ("z_loss", "lse"), NumPy arrays.
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Adapter:

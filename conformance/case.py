@@ -55,6 +55,9 @@ class Case:
     #: Why the case exists beyond the draw (special case id, error clause, relation).
     purpose: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: LLM-kernel options of the spec's ``extensions:`` that are on ({"softcap": 30.0,
+    #: "z_loss": 1e-4, "shift": True, ...}); empty for plain F.cross_entropy.
+    extensions: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ derived facts
     @property
@@ -118,6 +121,11 @@ class Case:
             env["y"] = np.moveaxis(as_float64(self.target), self.class_axis, -1).reshape(-1, C)
         else:
             env["t"] = np.asarray(self.target).astype(np.int64).reshape(-1, 1)
+            if self.extensions.get("shift"):
+                env["t"] = shift_labels(env["t"], self.none_shape, self.ignore_index)
+        for name, value in self.extensions.items():
+            if name != "shift" and not isinstance(value, bool):
+                env[name] = np.float64(value)
         return env
 
     def to_rows(self, a: np.ndarray) -> np.ndarray:
@@ -177,6 +185,8 @@ class Case:
              "regime": self.regime}
         if self.legacy:
             d["legacy"] = dict(self.legacy)
+        if self.extensions:
+            d["extensions"] = {k: _jsonable(v) for k, v in self.extensions.items()}
         if self.modifiers:
             d["modifiers"] = list(self.modifiers)
         if self.purpose:
@@ -185,7 +195,7 @@ class Case:
 
     def features(self) -> dict[str, str]:
         """Coverage coordinates of this case (dtype × rank × target kind × options × regime)."""
-        return {
+        out = {
             "dtype": self.dtype,
             "rank": str(self.rank),
             "target": self.target_kind,
@@ -196,6 +206,24 @@ class Case:
             "reduction": self.reduction,
             "regime": self.regime,
         }
+        if self.extensions:
+            out["extensions"] = "+".join(sorted(self.extensions))
+        return out
+
+
+def shift_labels(t: np.ndarray, none_shape: tuple[int, ...], ignore_index: int) -> np.ndarray:
+    """Class indices (P, 1) shifted one step along the sequence (the last batch axis):
+    position i takes the label of i + 1, and the last position of each sequence is ignored."""
+    if not none_shape or t.size == 0:
+        return np.full_like(t, ignore_index)
+    a = t.reshape(none_shape)
+    out = np.full_like(a, ignore_index)
+    out[..., :-1] = a[..., 1:]
+    return out.reshape(-1, 1)
+
+
+#: The label transforms a spec's ``extensions.*.transform`` may name.
+SHIFTS = {"shift_labels": shift_labels}
 
 
 def _jsonable(v):

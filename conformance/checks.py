@@ -92,6 +92,8 @@ class Check:
     formula: str = ""
     #: Adapter features (adapters/base.py ALL_FEATURES) without which the check means nothing.
     features: frozenset[str] = frozenset()
+    #: Spec extensions the adapter must declare (Capabilities.extensions) for the check to apply.
+    extensions: frozenset[str] = frozenset()
 
 
 PROFILES = {
@@ -154,6 +156,14 @@ def _judge_call(ctx: Context, check_id: str, case: Case, res, *, gradient: bool)
                                               what=f"gradient[{wrt}]",
                                               clause=f"paths.{ev.path}.gradients.{wrt}.reductions.{ev.reduction}",
                                               unspecified=ev.unspecified.get(wrt)))
+    for name, (expected, _ext, _f) in ev.outputs.items():   # extensions' extra outputs (z_loss, lse)
+        clause = f"extensions.{_ext.id}.output"
+        got = getattr(res, "outputs", {}).get(name)
+        if got is None:
+            verdicts.append(Verdict(False, name, clause, f"no {name} was returned, but the case asks for it"))
+            continue
+        verdicts.append(ctx.judge.compare(got, expected, ctx.judge.output_bound(ev, name, dtype), dtype,
+                                          what=name, clause=clause))
     warned = _deprecation_warned(ctx, case, res)
     if warned is not None:
         verdicts.append(warned)
@@ -183,10 +193,12 @@ def _request(ctx: Context, **kw):
     return req
 
 
-def _draw_case(ctx: Context, draw, check_id: str, *, legacy: bool = True, **kw) -> Case:
+def _draw_case(ctx: Context, draw, check_id: str, *, legacy: bool = True, extensions: bool = True, **kw) -> Case:
     req = _request(ctx, **kw)
     if not legacy:
         req = strat.Request(**{**req.__dict__, "allow_legacy": False})
+    if not extensions:  # relations and decompositions of plain cross-entropy: no extension drawn
+        req = strat.Request(**{**req.__dict__, "extensions": frozenset()})
     if not req.dtypes or not req.ranks or not req.target_kinds or not req.reductions:
         raise NotSupported("the adapter declares no support for what this check needs")
     case = draw(strat.cases(ctx.spec, req), label="case")
@@ -260,6 +272,18 @@ def _special(sid: str):
     return example
 
 
+def _extension(eid: str):
+    def example(ctx: Context, draw) -> Outcome:
+        cid = f"extension.{eid}"
+        gradient = "gradient" in ctx.adapter.capabilities.features
+        reds = ("sum",) if eid == "normalizer" else None
+        case = _draw_case(ctx, draw, cid, target_kinds=("index",), reductions=reds, modifiers=(f"with_{eid}",),
+                          gradient=gradient, legacy=False)
+        res = _call(ctx, cid, case, gradient=gradient)
+        return _judge_call(ctx, cid, case, res, gradient=gradient)
+    return example
+
+
 def _error(eid: str):
     def example(ctx: Context, draw) -> Outcome:
         clause = ctx.spec.errors[eid]
@@ -270,7 +294,8 @@ def _error(eid: str):
             req = strat.Request(**{**req.__dict__, "ranks": tuple(r for r in req.ranks if r in needs["ranks"])})
         if not req.ranks or not req.target_kinds:
             raise NotSupported("no supported input shape for this mutation")
-        req = strat.Request(**{**req.__dict__, "allow_long": False, "allow_legacy": False})
+        req = strat.Request(**{**req.__dict__, "allow_long": False, "allow_legacy": False,
+                               "extensions": frozenset()})  # the mutation adds what it needs
         valid = draw(strat.cases(ctx.spec, req), label="valid_case")
         assume(ctx.adapter.capabilities.unsupported(valid) is None)
         _doc, mutate = strat.MUTATIONS[clause.make]
@@ -313,7 +338,7 @@ def _metamorphic(mid: str):
         gradient = rel.relation == "gradient_rows_sum_to_zero"
         regimes = ("ordinary", "ties", "confident")
         case = _draw_case(ctx, draw, cid, target_kinds=rel.paths or None, reductions=rel.reductions or None,
-                          regimes=regimes, allow_long=False, gradient=gradient, legacy=False)
+                          regimes=regimes, allow_long=False, gradient=gradient, legacy=False, extensions=False)
         relation = rel.relation_for(case.reduction)
         assume(relation is not None)
         if gradient:
@@ -406,7 +431,7 @@ def _decomposition(op: str):
         cid = f"decomposition.{op}"
         spec = ctx.extra_specs[op]
         case = _draw_case(ctx, draw, cid, target_kinds=("index",), regimes=("ordinary", "large_magnitude", "ties", "confident"),
-                          allow_long=False, legacy=False)
+                          allow_long=False, legacy=False, extensions=False)
         case = case.copy(label_smoothing=0.0)
         oracle, judge = Oracle(spec), Judge(spec)
         c2 = case
@@ -478,12 +503,19 @@ def catalogue(spec: Spec) -> list[Check]:
         out.append(Check(f"special.{sid}", "special", f"special_cases.{sid}",
                          (sc.note or "") + f" (make: {', '.join(sc.make)}; expect: {sc.expect})", _special(sid),
                          {k: v["special"] for k, v in P.items()},
-                         features=frozenset(f for m in sc.make for f in strat.MODIFIERS[m].needs)))
+                         features=frozenset(f for m in sc.make for f in strat.MODIFIERS[m].needs),
+                         extensions=frozenset(e for m in sc.make for e in strat.MODIFIERS[m].force.get("extensions", ()))))
     for eid, clause in spec.errors.items():
+        needs = strat.MUTATION_NEEDS.get(clause.make, {})
         out.append(Check(f"error.{eid}", "error", f"errors.{eid}",
                          f"{strat.MUTATIONS[clause.make][0]} {clause.severity} be rejected", _error(eid),
                          {k: v["error"] for k, v in P.items()}, severity=clause.severity,
-                         features=frozenset(strat.MUTATION_NEEDS.get(clause.make, {}).get("features", ()))))
+                         features=frozenset(needs.get("features", ())), extensions=frozenset(needs.get("extensions", ()))))
+    for eid, ext in spec.extensions.items():
+        out.append(Check(f"extension.{eid}", "forward", f"extensions.{eid}",
+                         f"{ext.description} (value, extra outputs and gradient with {eid} on)", _extension(eid),
+                         {k: v["gradient"] for k, v in P.items()}, extensions=frozenset({eid}),
+                         formula="\n".join(f"{k} = {f.source}" for k, f in {**ext.formulas, **ext.reductions}.items())))
     for mid, rel in spec.metamorphic.items():
         out.append(Check(f"metamorphic.{mid}", "metamorphic", f"metamorphic.{mid}", rel.description or mid,
                          _metamorphic(mid), {k: v["metamorphic"] for k, v in P.items()},

@@ -94,7 +94,7 @@ class Judge:
         t = self.tol.dtypes[dtype]
         env = ev.env
         path = self.spec.paths[ev.path]
-        formula = path.reductions[ev.reduction]
+        formula = ev.formulas.get("value") or path.reductions[ev.reduction]
         P, C = float(env["P"]), float(env["C"])
         gam = self.gamma_unit(t, max(P, C))
         with np.errstate(all="ignore"):
@@ -102,6 +102,8 @@ class Judge:
             acc = getattr(self.tol, "accumulate", None)
             if acc is not None:
                 per = per + gam * self._finite(acc.evaluate(env))
+            if "ext_scale" in env:  # the spec's extensions: their own terms (conformance/oracle.py)
+                per = per + t.k_forward * t.u * self._finite(env["ext_scale"]) + gam * self._finite(env["ext_accumulate"])
             bound = np.abs(np.asarray(formula.evaluate(dict(env, l=per)), dtype=np.float64))
             if ev.reduction != "none" and ev.path != "elementwise" and P > 1:
                 # any order of the P-term sum: gamma(P - 1) * sum|l| (Higham, Thm 4.1 / recursive sum)
@@ -118,7 +120,7 @@ class Judge:
         t = self.tol.dtypes[dtype]
         genv = ev.gradient_envs[wrt]
         grad = self.spec.paths[ev.path].gradients[wrt]
-        formula = grad.reductions[ev.reduction]
+        formula = ev.formulas.get(wrt) or grad.reductions[ev.reduction]
         target = wrt == "target"
         rule = self.tol.gscale_target if (target and self.tol.gscale_target is not None) else self.tol.gscale
         acc = getattr(self.tol, "gaccumulate_target" if target else "gaccumulate", None)
@@ -129,6 +131,9 @@ class Judge:
             gs = t.k_gradient * t.u * self._finite(rule.evaluate(genv))
             if acc is not None:
                 gs = gs + gam * self._finite(acc.evaluate(genv))
+            if "ext_gscale" in genv:  # extensions: chain through the logit transforms, add their terms
+                gs = (gs * np.abs(self._finite(genv["dlogits"])) + t.k_gradient * t.u * self._finite(genv["ext_gscale"])
+                      + gam * self._finite(genv["ext_gaccumulate"]))
             gs = np.broadcast_to(gs, shape)
             env = dict(genv, dl=gs, g=np.abs(genv["g"]))
             b = np.abs(np.asarray(formula.evaluate(env), dtype=np.float64))
@@ -138,6 +143,27 @@ class Judge:
                 b = b + t.k_reduce * gam * (P - 1) * exact
         b = np.where(np.isfinite(b), b, 0.0)
         return case.from_canonical(np.broadcast_to(b, shape), "elementwise")
+
+    def output_bound(self, ev: Evaluation, name: str, dtype: str) -> np.ndarray:
+        """Bound of an extension's extra output (z_loss reduced like the loss; lse per position)."""
+        t = self.tol.dtypes[dtype]
+        value, ext, formula = ev.outputs[name]
+        env = ev.env
+        gam = self.gamma_unit(t, max(float(env["P"]), float(env["C"])))
+        with np.errstate(all="ignore"):
+            sc, acc = (ext.tolerance.get(k) for k in ("scale", "accumulate"))
+            per = (t.k_forward * t.u * (self._finite(sc.evaluate(env)) if sc else 0.0)
+                   + gam * (self._finite(acc.evaluate(env)) if acc else 0.0))
+            if formula is not None:
+                per = np.abs(np.asarray(formula.evaluate(dict(env, l=per)), dtype=np.float64))
+                if ev.reduction != "none" and float(env["P"]) > 1:
+                    term = self._finite(ext.formulas["loss"].evaluate(env))
+                    per = per + t.k_reduce * gam * (float(env["P"]) - 1) * np.abs(
+                        np.asarray(formula.evaluate(dict(env, l=np.abs(term))), dtype=np.float64))
+        per = np.where(np.isfinite(per), per, 0.0)
+        v = np.asarray(value)
+        return np.asarray(per, dtype=np.float64).reshape(()) if v.ndim == 0 else np.broadcast_to(
+            np.asarray(per, dtype=np.float64).reshape(-1)[:v.size] if np.size(per) >= v.size else per, v.shape).reshape(v.shape)
 
     @staticmethod
     def _shape_like(bound, value, ev):

@@ -145,6 +145,9 @@ def _not_supported(ctx: Context, check: Check) -> str | None:
     needed = sorted(check.features - set(caps.features))
     if needed:
         return f"the adapter declares no support for {', '.join(needed)}"
+    ext = sorted(check.extensions - set(getattr(caps, "extensions", ())))
+    if ext:
+        return f"the adapter declares no extension {', '.join(ext)}"
     missing = [r for r in check.requires
                if r not in caps.extras and not (r == "cpu_twin" and getattr(ctx.adapter, "cpu_twin", None))]
     if missing:

@@ -172,6 +172,7 @@ FUNCTIONS: Mapping[str, Callable] = {
     "log": np.log,
     "log2": np.log2,
     "exp": np.exp,
+    "tanh": np.tanh,
     "sqrt": np.sqrt,
     "abs": np.abs,
     "isfinite": np.isfinite,

@@ -28,6 +28,11 @@ class Evaluation:
     unspecified: dict[str, np.ndarray]     # bool masks where any gradient value is accepted
     env: dict[str, Any] = field(repr=False)
     gradient_envs: dict[str, dict[str, Any]] = field(repr=False, default_factory=dict)
+    #: The formulas actually used: "value" and each gradient (an extension may replace them).
+    formulas: dict[str, Any] = field(repr=False, default_factory=dict)
+    #: Extra outputs the case asks for (extensions: "z_loss", "lse"), float64, and their bounds
+    #: in units: {"name": (value, per-position scale, per-position accumulate, formula or None)}.
+    outputs: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
 class Oracle:
@@ -47,32 +52,86 @@ class Oracle:
         path = spec.paths[pname]
         red = reduction or case.effective_reduction(spec.deprecated)
         env = case.canonical()
+        exts = [spec.extensions[e] for e in spec.extensions if e in case.extensions]
+        if exts and pname != "index":
+            raise ValueError(f"extensions ({', '.join(case.extensions)}) apply to class-index targets only")
         env["g"] = (case.upstream_canonical(red) if pname != "elementwise" else np.ones_like(env["x"])
                     if case.upstream is None or np.shape(case.upstream) != case.x.shape
                     else np.moveaxis(np.asarray(case.upstream).astype(np.float64), case.class_axis, -1).reshape(env["x"].shape))
         with np.errstate(all="ignore"):
+            env["x_raw"] = env["x"]
+            env["dlogits"] = np.ones_like(env["x"])
+            for e in exts:   # logit transforms, in the spec's order; chain rule on the way
+                if e.stage == "logits":
+                    env["dlogits"] = env["dlogits"] * e.formulas["dlogits"].evaluate(env)
+                    env["x"] = np.asarray(e.formulas["logits"].evaluate(env), dtype=np.float64)
             for name, f in path.bindings.items():
                 env[name] = f.evaluate(env)
             formula = path.reductions[red]
+            outputs: dict[str, Any] = {}
+            for e in exts:
+                if e.stage == "loss":
+                    term = np.asarray(e.formulas["loss"].evaluate(env), dtype=np.float64)
+                    env["l"] = env["l"] + term
+                    if e.output and case.extensions.get(f"return_{e.output}"):
+                        outputs[e.output] = (term, e)
+                elif e.stage == "reduction" and red in e.reductions:
+                    formula = e.reductions[red]
+                elif e.stage == "output":
+                    outputs[e.output or e.id] = (np.asarray(e.formulas["value"].evaluate(env), dtype=np.float64), e)
             raw = np.asarray(formula.evaluate(env), dtype=np.float64)
+            env["ext_scale"], env["ext_accumulate"] = self._ext_terms(exts, env, ("scale", "accumulate"), "loss")
+            shaped = {}
+            for name, (term, e) in outputs.items():
+                if e.stage == "loss":   # reduced like the loss
+                    val = np.asarray(formula.evaluate(dict(env, l=term)), dtype=np.float64)
+                    shaped[name] = (self._shape_output(case, val, red, pname), e, formula)
+                else:                   # per position, every position
+                    shaped[name] = (case.from_canonical(np.broadcast_to(term, (case.positions, 1)), "none"), e, None)
         value = self._shape_output(case, raw, red, pname)
         grads: dict[str, np.ndarray] = {}
         unspec: dict[str, np.ndarray] = {}
         genvs: dict[str, dict[str, Any]] = {}
+        formulas = {"value": formula}
         if gradients:
             for wrt, grad in path.gradients.items():
                 genv = dict(env)
                 with np.errstate(all="ignore"):
                     for name, f in grad.bindings.items():
                         genv[name] = f.evaluate(genv)
-                    graw = np.broadcast_to(np.asarray(grad.reductions[red].evaluate(genv), dtype=np.float64),
+                    gformula = grad.reductions[red]
+                    if wrt == "input" and exts:
+                        for e in exts:
+                            if e.stage == "loss":
+                                genv["dl"] = genv["dl"] + e.formulas["dloss"].evaluate(genv)
+                            elif e.stage == "reduction" and red in e.gradients:
+                                gformula = e.gradients[red]
+                        genv["ext_gscale"], genv["ext_gaccumulate"] = self._ext_terms(
+                            exts, genv, ("gscale", "gaccumulate"), "gradient")
+                        # w.r.t. the raw logits: chained through the logit transforms
+                        genv["dl_logits"] = genv["dl"]
+                        genv["dl"] = genv["dl"] * genv["dlogits"]
+                    formulas[wrt] = gformula
+                    graw = np.broadcast_to(np.asarray(gformula.evaluate(genv), dtype=np.float64),
                                            env["x"].shape)
                     mask = (np.broadcast_to(np.asarray(grad.unspecified.evaluate(genv), dtype=bool), env["x"].shape)
                             if grad.unspecified is not None else np.zeros(env["x"].shape, dtype=bool))
                 grads[wrt] = case.from_canonical(graw, "elementwise")
                 unspec[wrt] = case.from_canonical(mask, "elementwise")
                 genvs[wrt] = genv
-        return Evaluation(pname, red, value, grads, unspec, env, genvs)
+        return Evaluation(pname, red, value, grads, unspec, env, genvs, formulas, shaped)
+
+    @staticmethod
+    def _ext_terms(exts, env, keys, what):
+        """The extensions' tolerance terms (summed per key; 0 when none gives one)."""
+        out = []
+        for key in keys:
+            total = np.zeros(())
+            for e in exts:
+                if key in e.tolerance and (e.stage != "output" or key in ("gscale", "gaccumulate")):
+                    total = total + np.asarray(e.tolerance[key].evaluate(env), dtype=np.float64)
+            out.append(total)
+        return out
 
     @staticmethod
     def _shape_output(case: Case, raw: np.ndarray, reduction: str, pname: str) -> np.ndarray:

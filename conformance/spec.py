@@ -138,6 +138,27 @@ class Tolerances:
 
 
 @dataclass(frozen=True)
+class Extension:
+    """One LLM-kernel option of the spec's ``extensions:`` section (off at ``identity``)."""
+
+    id: str
+    stage: str
+    identity: Any
+    formulas: dict[str, Formula]                 # logits, dlogits, loss, dloss, value
+    reductions: dict[str, Formula] = field(default_factory=dict)
+    gradients: dict[str, Formula] = field(default_factory=dict)
+    tolerance: dict[str, Formula] = field(default_factory=dict)
+    domain: dict[str, Any] = field(default_factory=dict)
+    output: str | None = None
+    transform: str | None = None
+    description: str = ""
+
+
+#: The order the oracle applies the extensions in (softcap after the scale).
+EXTENSION_ORDER = ("shift", "logit_scale", "softcap", "z_loss", "normalizer", "return_lse")
+
+
+@dataclass(frozen=True)
 class Spec:
     """One operation's semantics, checked and ready for the oracle and the strategies."""
 
@@ -157,6 +178,8 @@ class Spec:
     applied_variants: tuple[str, ...] = ()
     #: Where each value of the file is (for errors found after loading, e.g. spec_consistency).
     marks: Any = field(default=None, repr=False, compare=False)
+    #: The ``extensions:`` section, in :data:`EXTENSION_ORDER` (empty when the spec has none).
+    extensions: dict[str, Extension] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         return f"Spec({self.operation} {self.version}, {self.file!r}, sha256 {self.sha256[:12]})"
@@ -770,7 +793,40 @@ def _build(raw: dict, text: str, file: str) -> Spec:
                              f"use one of: {', '.join(paths)}")
     return Spec(file=file, version=raw["spec_version"], operation=raw["operation"], reference=raw["reference"],
                 summary=raw["summary"], sha256=hashlib.sha256(text.encode()).hexdigest(), raw=raw, paths=paths,
-                special_cases=special, variants=variants, errors=errors, metamorphic=meta, tolerances=tolerances)
+                special_cases=special, variants=variants, errors=errors, metamorphic=meta, tolerances=tolerances,
+                extensions=_extensions(raw.get("extensions") or {}, paths))
+
+
+def _extensions(raw: Mapping[str, Any], paths: Mapping[str, TargetPath]) -> dict[str, Extension]:
+    """The ``extensions:`` section, its formulas parsed against the index path's names plus the
+    extension options themselves (``x`` there is the transformed logits)."""
+    if not raw:
+        return {}
+    if "index" not in paths:
+        raise _Fault(("extensions",), "extensions need an index path", "add paths.index or remove extensions:")
+    idx = paths["index"]
+    known = set(PATH_INPUTS["index"]) | set(idx.bindings) | set(EXTENSION_ORDER) | {"dl", "dlogits"}
+    for g in idx.gradients.values():
+        known |= set(g.bindings)
+    known = frozenset(known)
+    out: dict[str, Extension] = {}
+    for eid in [e for e in EXTENSION_ORDER if e in raw]:
+        e = raw[eid]
+        base = ("extensions", eid)
+        forms = {k: _parse(e[k], known, base + (k,)) for k in ("logits", "dlogits", "loss", "dloss", "value") if k in e}
+        need = {"logits": ("logits", "dlogits"), "loss": ("loss", "dloss"), "output": ("value",)}.get(e["stage"], ())
+        for k in need:
+            if k not in forms:
+                raise _Fault(base, f"a '{e['stage']}' extension needs a '{k}' formula", f"add '{k}:' to extensions.{eid}")
+        if e["stage"] == "target" and "transform" not in e:
+            raise _Fault(base, "a 'target' extension needs a 'transform'", "add 'transform: shift_labels'")
+        out[eid] = Extension(
+            eid, e["stage"], e["identity"], forms,
+            {r: _parse(f, known, base + ("reductions", r)) for r, f in (e.get("reductions") or {}).items()},
+            {r: _parse(f, known, base + ("gradients", r)) for r, f in (e.get("gradients") or {}).items()},
+            {k: _parse(f, known, base + ("tolerance", k)) for k, f in (e.get("tolerance") or {}).items()},
+            dict(e["domain"]), e.get("output"), e.get("transform"), e.get("description", ""))
+    return out
 
 
 def _dtype_tolerance(row: Mapping[str, Any]) -> DtypeTolerance:

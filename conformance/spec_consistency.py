@@ -32,7 +32,8 @@ def check(spec: Spec) -> None:
     oracle = Oracle(spec)
     for sid, sc in spec.special_cases.items():
         reds = tuple(r for r in sc.expect if r in ("none", "sum", "mean")) or None
-        req = strat.request_for(spec, Capabilities(), target_kinds=(sc.path,) if sc.path else None,
+        caps = Capabilities(extensions=frozenset(spec.extensions) | {"return_z_loss"})  # every extension may be drawn
+        req = strat.request_for(spec, caps, target_kinds=(sc.path,) if sc.path else None,
                                 reductions=reds, modifiers=sc.make)
         if not (req.dtypes and req.ranks and req.target_kinds and req.reductions):
             continue  # outside the spec's domains: the suite never draws it either

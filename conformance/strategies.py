@@ -49,6 +49,9 @@ class Request:
     #: target, reduction, weight, ignore, smoothing, rank, regime), as sorted (name, value)
     #: pairs: the covering-array rows and the per-signature shrink searches use them.
     pins: tuple[tuple[str, str], ...] = ()
+    #: The spec extensions the adapter declares (adapters/base.py Capabilities.extensions):
+    #: only these are ever drawn, so an adapter declaring none gets exactly the plain draws.
+    extensions: frozenset[str] = frozenset()
 
 
 def request_for(spec, caps, *, target_kinds=None, reductions=None, modifiers=(), regimes=None,
@@ -64,7 +67,7 @@ def request_for(spec, caps, *, target_kinds=None, reductions=None, modifiers=(),
                    features=frozenset(caps.features), regimes=tuple(regimes) if regimes else None,
                    allow_legacy="legacy_arguments" in caps.features, allow_long=allow_long,
                    allow_empty="empty" in caps.features, large_classes=(profile == "thorough"),
-                   max_classes=caps.max_classes)
+                   max_classes=caps.max_classes, extensions=frozenset(getattr(caps, "extensions", ())))
 
 
 # --------------------------------------------------------------------------- modifiers
@@ -157,6 +160,53 @@ MODIFIERS: dict[str, Modifier] = {
     "half_precision": Modifier("float16 or bfloat16", {"dtypes": ("float16", "bfloat16")}),
     "huge_logits": Modifier("logits near 1e30 (float32/float64)", {"dtypes": ("float32", "float64"), "regime": "huge"}),
 }
+for _eid in ("shift", "logit_scale", "softcap", "z_loss", "normalizer", "return_lse"):
+    MODIFIERS[f"with_{_eid}"] = Modifier(f"extension {_eid} on", {"target_kinds": ("index",), "extensions": (_eid,)})
+
+#: Extensions a modifier forces on (checked against the adapter's declared extensions).
+def _forced_extensions(req: "Request") -> tuple[str, ...]:
+    return tuple(e for m in req.modifiers for e in MODIFIERS[m].force.get("extensions", ()))
+
+
+def _draw_extensions(draw, spec, req: Request, forced: tuple[str, ...], reduction: str, label: str = "ext") -> dict:
+    """Which declared extensions are on, and their values, from ``spec.extensions.*.domain``.
+
+    Each declared extension is on with probability 1/2 (always when forced; with modifiers, only
+    the forced ones); ``return_z_loss``
+    (asking for the z-loss on its own) is drawn with z_loss. The normaliser is a 'sum' option;
+    its count is set once the targets are known (:func:`_set_normalizer`)."""
+    out: dict = {}
+    for eid, ext in spec.extensions.items():
+        if eid not in req.extensions:
+            continue
+        if eid == "normalizer" and reduction != "sum":
+            continue
+        if req.modifiers and eid not in forced:
+            continue  # a special case's input stays what it names; only the extensions it forces
+        on = eid in forced or draw(st.booleans(), label=f"{label}_{eid}")
+        if not on:
+            continue
+        values = list(ext.domain["values"])
+        if eid == "normalizer":
+            kinds = list(ext.domain.get("kinds", ["other"]))
+            kind = draw(st.sampled_from(kinds), label=f"{label}_normalizer_kind")
+            out[eid] = ("valid_count", None) if kind == "valid_count" else \
+                ("other", draw(st.sampled_from(values), label=f"{label}_normalizer"))
+        else:
+            out[eid] = draw(st.sampled_from(values), label=f"{label}_{eid}")
+        if eid == "z_loss" and "return_z_loss" in req.extensions:
+            out["return_z_loss"] = draw(st.booleans(), label=f"{label}_return_z_loss")
+    return out
+
+
+def _set_normalizer(case: "Case") -> None:
+    """Resolve a drawn normaliser: this batch's valid count (after any shift), or the drawn one."""
+    kind, value = case.extensions["normalizer"]
+    if kind == "valid_count":
+        env = case.copy(extensions={k: v for k, v in case.extensions.items() if k != "normalizer"}).canonical()
+        value = float(np.count_nonzero(env["t"] != case.ignore_index))
+        value = value or 1.0
+    case.extensions["normalizer"] = float(value)
 
 
 # --------------------------------------------------------------------------- value drawing
@@ -384,6 +434,12 @@ def cases(draw, spec, req: Request) -> Case:
             pass
     for apply in applies:
         apply(draw, env)
+    extensions = {}
+    if kind == "index" and (req.extensions or force.get("extensions")):
+        missing = [e for e in force.get("extensions", ()) if e not in req.extensions]
+        if missing:
+            raise NothingToDraw(f"extension {', '.join(missing)} is not declared by the adapter")
+        extensions = _draw_extensions(draw, spec, req, tuple(force.get("extensions", ())), reduction)
 
     # ---- quantise and assemble in the framework layout
     xq = _quantise(env["x"], dtype)
@@ -399,7 +455,10 @@ def cases(draw, spec, req: Request) -> Case:
     weight = _quantise(w, dtype) if w is not None else None
     none_shape = batch_shape if rank > 1 else ()
     case = Case(x=x_out, target=target, weight=weight, reduction=reduction, ignore_index=int(ignore_index),
-                label_smoothing=float(eps), legacy=legacy, regime=regime, modifiers=req.modifiers)
+                label_smoothing=float(eps), legacy=legacy, regime=regime, modifiers=req.modifiers,
+                extensions=extensions)
+    if "normalizer" in extensions:
+        _set_normalizer(case)
     assert case.x.shape == shape_full
     # A random upstream gradient, shaped like the output, so that 'none' is not only
     # differentiated through a sum.
@@ -482,6 +541,13 @@ def _index_float(case: Case, draw):
     return case.copy(target=np.asarray(case.target).astype(np.float32), purpose="class indices as float32")
 
 
+def _softcap_nonpositive(case: Case, draw):
+    if case.target_kind != "index":
+        return None
+    cap = draw(st.sampled_from([0.0, -1.0, -30.0]), label="softcap")
+    return case.copy(extensions={**case.extensions, "softcap": cap}, purpose=f"softcap={cap!r}")
+
+
 #: name -> (doc, function(case, draw) -> mutated case or None when it does not apply)
 MUTATIONS: dict[str, tuple[str, Callable]] = {
     "target_at_least_C": ("a class index >= C", _replace_target_value(lambda C, ii: C if C != ii else C + 1)),
@@ -497,6 +563,7 @@ MUTATIONS: dict[str, tuple[str, Callable]] = {
     "probability_target_with_ignore_index": ("ignore_index >= 0 with probability targets", _prob_with_ignore),
     "index_target_float_dtype": ("class indices given as float32", _index_float),
     "reduction_unknown": ("reduction='average'", _set(reduction="average")),
+    "softcap_nonpositive": ("softcap <= 0 (extension softcap)", _softcap_nonpositive),
 }
 
 #: What a mutation needs: the target kinds and ranks to draw a case it applies to, and the
@@ -514,4 +581,5 @@ MUTATION_NEEDS: dict[str, dict] = {
     "probability_target_with_ignore_index": {"target_kinds": ("probability",),
                                              "features": ("ignore_index", "probability_target")},
     "index_target_float_dtype": {"target_kinds": ("index",), "ranks": (2, 3, 4, 5)},
+    "softcap_nonpositive": {"target_kinds": ("index",), "extensions": ("softcap",)},
 }

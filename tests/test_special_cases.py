@@ -20,7 +20,8 @@ ORACLE = Oracle(SPEC)
 def test_special_case_outcome_follows_from_the_formulas(sid):
     sc = SPEC.special_cases[sid]
     reds = tuple(r for r in sc.expect if r in ("none", "sum", "mean")) or None
-    req = strat.request_for(SPEC, Capabilities(), target_kinds=(sc.path,) if sc.path else None,
+    caps = Capabilities(extensions=frozenset(SPEC.extensions) | {"return_z_loss"})  # extension cases too
+    req = strat.request_for(SPEC, caps, target_kinds=(sc.path,) if sc.path else None,
                             reductions=reds, modifiers=sc.make)
 
     @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
