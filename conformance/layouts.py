@@ -75,7 +75,7 @@ def view(a: np.ndarray | None, layout: str, *, role: str, class_axis: int = 1, C
     if role == "weight":
         return a
     if layout == "transposed":
-        return np.asfortranarray(a) if a.ndim >= 2 else a
+        return np.ascontiguousarray(a.transpose()).transpose() if a.ndim >= 2 else a  # a view of the buffer
     if layout == "channels_last":
         if role != "input" or a.ndim < 3:
             return a
