@@ -56,7 +56,8 @@ def _blocked_lse(x, B, mode="right"):
         if blk.shape[1] < B and bug == "pad_zero":
             blk = torch.cat([blk, torch.zeros((P, B - blk.shape[1]), dtype=x.dtype)], dim=1)
         m_new = torch.maximum(m, blk.max(dim=1, keepdim=True).values)
-        m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
+        # rows all -inf so far: 0 instead (exp(-inf - 0) = 0); +inf and NaN propagate as NaN
+        m_safe = torch.where(m_new == -torch.inf, torch.zeros_like(m_new), m_new)
         part = torch.exp(blk - m_safe).sum(dim=1, keepdim=True)
         if bug == "no_rescale":
             s = s + part
