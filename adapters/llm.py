@@ -145,7 +145,7 @@ class LlmTorchAdapter(Adapter):
         for name in ("z_loss", "lse"):
             if name in got and got[name] is not None and self._asked(case, name):
                 outputs[name] = to_numpy(got[name]).reshape(case.none_shape) if name == "lse" else to_numpy(got[name])
-        return Result(to_numpy(loss), grads, [str(w.message) for w in caught], outputs)
+        return Result(to_numpy(loss), grads, [f"{w.category.__name__}: {w.message}" for w in caught], outputs)
 
     @staticmethod
     def _asked(case: Case, name: str) -> bool:

@@ -268,7 +268,7 @@ def run_rank(task: dict[str, Any]) -> dict[str, Any]:
     mutated = [n for n, a, b in (("input", x, pristine[0]), ("target", target, pristine[1]))
                if not _same_bits(a.detach(), b)]
     return {"value": to_numpy(out), "grad": None if grad is None else to_numpy(grad),
-            "warnings": [str(w.message) for w in caught], "mutated": mutated}
+            "warnings": [f"{w.category.__name__}: {w.message}" for w in caught], "mutated": mutated}
 
 
 def shard_bounds(V: int, R: int) -> list[tuple[int, int]]:

@@ -227,7 +227,7 @@ def test_an_adapter_without_source_runs_in_process_with_a_warning(monkeypatch):
 
     state = {"spec": spec, "extra_specs": {op: load_default(op) for op in ("log_softmax", "nll_loss")},
              "adapters": {"numpy": adapter}, "checks": list(checks.values()), "known": [], "baseline": {},
-             "gate": None}
+             "gate": None, "database": None}
     monkeypatch.setattr(pytest_plugin, "_STATE", state)
     with pytest.warns(UserWarning, match="adapter numpy has no 'source'.*run in-process") as rec:
         d = pytest_plugin.run_item(Config(), "numpy", "error.reduction_unknown")
