@@ -39,8 +39,8 @@ def causal_lm_loss(logits, labels, reduction="mean", ignore_index=-100, num_item
     """ForCausalLMLoss on (N, T, C) logits: ``shift`` takes its own shifting path, otherwise the
     labels go in as ``shift_labels`` (its path for labels already shifted). It averages without
     ``num_items_in_batch`` and divides the sum by it otherwise, so 'sum' alone is sum / 1."""
-    if reduction == "none":
-        raise NotImplementedError("ForCausalLMLoss has no per-token loss")
+    if reduction not in ("mean", "sum"):  # its own choice is mean or sum / num_items_in_batch
+        raise ValueError(f"ForCausalLMLoss offers 'mean' and 'sum' / num_items_in_batch, not {reduction!r}")
     if reduction == "sum" and num_items_in_batch is None:
         num_items_in_batch = 1
     kw = {} if shift else {"shift_labels": labels}
