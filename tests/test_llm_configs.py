@@ -91,3 +91,13 @@ def test_form_needs_a_torch_function(tmp_path):
     with pytest.raises(AdapterConfigError) as e:
         adapter_from_config(p)
     assert e.value.line == 1 and "'form' needs a torch function" in e.value.message
+
+
+def test_bad_form_through_the_cli_is_one_line_and_exit_2(tmp_path, capsys):
+    from conformance import cli
+
+    p = _write(tmp_path, "import: planted_llm:reference\nform:\n  layout: seq\n", "bad.yaml")
+    assert cli.main(["run", "--adapter", str(p), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml:3" in err and "unknown layout 'seq'" in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "bad.yaml" in line]) == 1
