@@ -217,17 +217,21 @@ def _form(d, lines, err, f):
         raise err("form", "'form' must be a mapping", "write e.g. 'form: {args: [logits, target], returns: loss}'")
     for k in d:
         if k not in FORM_KEYS:
-            raise at(k, message=f"unknown form key {k!r}{did_you_mean(k, FORM_KEYS)}", fix=f"use {', '.join(FORM_KEYS)}")
+            raise at(k, message=f"unknown form key {k!r}{did_you_mean(k, FORM_KEYS)}",
+                     fix=f"use {', '.join(FORM_KEYS)}")
     kw: dict[str, Any] = {}
     if "args" in d:
         a = d["args"]
         if not isinstance(a, list) or not a or not all(isinstance(x, str) for x in a):
-            raise at("args", message="'args' must be a non-empty list of names", fix="write e.g. 'args: [logits, target]'")
+            raise at("args", message="'args' must be a non-empty list of names",
+                     fix="write e.g. 'args: [logits, target]'")
         for i, x in enumerate(a):
             if x not in ARGS:
-                raise at("args", i, message=f"unknown argument {x!r}{did_you_mean(x, ARGS)}", fix=f"use {', '.join(ARGS)}")
+                raise at("args", i, message=f"unknown argument {x!r}{did_you_mean(x, ARGS)}",
+                         fix=f"use {', '.join(ARGS)}")
         if "logits" not in a or "target" not in a:
-            raise at("args", message="'args' must place both logits and target", fix="write e.g. 'args: [logits, target]'")
+            raise at("args", message="'args' must place both logits and target",
+                     fix="write e.g. 'args: [logits, target]'")
         kw["args"] = tuple(a)
     if "layout" in d:
         if d["layout"] not in LAYOUTS:
@@ -241,7 +245,8 @@ def _form(d, lines, err, f):
                      fix="write e.g. 'options: {z_loss: lse_square_scale}'")
         for k, v in o.items():
             if k not in OPTIONS:
-                raise at("options", k, message=f"unknown option {k!r}{did_you_mean(k, OPTIONS)}", fix=f"use {', '.join(OPTIONS)}")
+                raise at("options", k, message=f"unknown option {k!r}{did_you_mean(k, OPTIONS)}",
+                         fix=f"use {', '.join(OPTIONS)}")
             if v is not None and (not isinstance(v, str) or not v.isidentifier()):
                 raise at("options", k, message=f"option {k!r} must map to a keyword name (got {v!r})",
                          fix=f"write e.g. '{k}: {k}', or null for the same name")
@@ -269,7 +274,8 @@ def _form(d, lines, err, f):
     if "fixed" in d:
         fx = d["fixed"]
         if not isinstance(fx, dict) or not all(isinstance(k, str) and k.isidentifier() for k in fx):
-            raise at("fixed", message="'fixed' must map keyword names to constants", fix="write e.g. 'fixed: {impl: torch}'")
+            raise at("fixed", message="'fixed' must map keyword names to constants",
+                     fix="write e.g. 'fixed: {impl: torch}'")
         kw["fixed"] = dict(fx)
     try:
         return CallForm(**kw)

@@ -6,7 +6,6 @@ import pytest
 
 pytest.importorskip("torch")
 
-import planted_llm  # noqa: E402
 from conformance.adapter_config import AdapterConfigError, adapter_from_config  # noqa: E402
 from conformance.adapters.llm import LlmTorchAdapter  # noqa: E402
 from conformance.checks import Context, catalogue  # noqa: E402
