@@ -15,6 +15,12 @@ reads one of these::
     max_classes: 1000
     known: my-loss.known.yaml        # known-divergence file, relative to this file
     world_size: 2                    # distributed adapters only (adapters/vocab_parallel.py)
+    form:                            # an LLM kernel's call (adapters/llm.py CallForm): the
+      args: [logits, target]         # import is then the bare function, wrapped in an
+      layout: flat                   # LlmTorchAdapter; options: ours -> their keyword
+      options: {reduction: reduction, z_loss: lse_square_scale}
+      returns: {loss: 0, z_loss: 1}  # or 'loss' for a plain tensor
+      fixed: {}                      # constant keyword arguments
 
 Keys left out keep what the imported adapter declares. The config's folder is put on
 ``sys.path`` first, so ``import: my_adapter:MyAdapter`` finds ``my_adapter.py`` next to it.
@@ -37,7 +43,7 @@ from conformance.adapters import AdapterError
 from conformance.adapters.base import ALL_FEATURES, Adapter
 
 KEYS = ("name", "import", "device", "unsupported", "dtypes", "ranks", "variants", "raises_on_invalid",
-        "max_classes", "known", "world_size")
+        "max_classes", "known", "world_size", "form")
 CONFIG_SUFFIXES = (".yaml", ".yml")
 _DEVICE = re.compile(r"^(cpu|gpu|tpu|mps|xpu|cuda(:\d+)?)$")
 _NAME = re.compile(r"^[A-Za-z0-9_.:+@-]+$")
@@ -191,7 +197,90 @@ def load_config(path: str | Path) -> dict[str, Any]:
             raise err("world_size", f"'world_size' must be an integer from 1 to 64 (got {ws!r})",
                       "write e.g. 'world_size: 2'")
         out["world_size"], out["world_size_line"] = ws, lines.get(("world_size",))
+    if "form" in doc:
+        out["form"] = _form(doc["form"], lines, err, f)
     return out
+
+
+FORM_KEYS = ("args", "layout", "options", "returns", "fixed")
+
+
+def _form(d, lines, err, f):
+    """The ``form:`` mapping checked key by key (so each error has its own line), as a CallForm."""
+    from conformance.adapters.llm import ARGS, LAYOUTS, OPTIONS, CallForm
+
+    def at(*path, message, fix):
+        line = lines.get(("form",) + path) or lines.get(("form",) + path[:1]) or lines.get(("form",))
+        return AdapterConfigError(f, line, message, fix)
+
+    if not isinstance(d, dict):
+        raise err("form", "'form' must be a mapping", "write e.g. 'form: {args: [logits, target], returns: loss}'")
+    for k in d:
+        if k not in FORM_KEYS:
+            raise at(k, message=f"unknown form key {k!r}{did_you_mean(k, FORM_KEYS)}",
+                     fix=f"use {', '.join(FORM_KEYS)}")
+    kw: dict[str, Any] = {}
+    if "args" in d:
+        a = d["args"]
+        if not isinstance(a, list) or not a or not all(isinstance(x, str) for x in a):
+            raise at("args", message="'args' must be a non-empty list of names",
+                     fix="write e.g. 'args: [logits, target]'")
+        for i, x in enumerate(a):
+            if x not in ARGS:
+                raise at("args", i, message=f"unknown argument {x!r}{did_you_mean(x, ARGS)}",
+                         fix=f"use {', '.join(ARGS)}")
+        if "logits" not in a or "target" not in a:
+            raise at("args", message="'args' must place both logits and target",
+                     fix="write e.g. 'args: [logits, target]'")
+        kw["args"] = tuple(a)
+    if "layout" in d:
+        if d["layout"] not in LAYOUTS:
+            raise at("layout", message=f"unknown layout {d['layout']!r}{did_you_mean(d['layout'], LAYOUTS)}",
+                     fix="flat: (P, C) logits and (P,) labels; sequence: (N, T, C) and (N, T)")
+        kw["layout"] = d["layout"]
+    if "options" in d:
+        o = d["options"]
+        if not isinstance(o, dict):
+            raise at("options", message="'options' must map our option names to the API's keywords",
+                     fix="write e.g. 'options: {z_loss: lse_square_scale}'")
+        for k, v in o.items():
+            if k not in OPTIONS:
+                raise at("options", k, message=f"unknown option {k!r}{did_you_mean(k, OPTIONS)}",
+                         fix=f"use {', '.join(OPTIONS)}")
+            if v is not None and (not isinstance(v, str) or not v.isidentifier()):
+                raise at("options", k, message=f"option {k!r} must map to a keyword name (got {v!r})",
+                         fix=f"write e.g. '{k}: {k}', or null for the same name")
+        kw["options"] = {k: (v if v is not None else k) for k, v in o.items()}
+    if "returns" in d:
+        r = d["returns"]
+        if r in (None, "loss"):
+            kw["returns"] = {"loss": None}
+        elif isinstance(r, dict):
+            for k, v in r.items():
+                if k not in ("loss", "z_loss", "lse"):
+                    raise at("returns", k, message=f"unknown output {k!r}{did_you_mean(k, ['loss', 'z_loss', 'lse'])}",
+                             fix="use loss, z_loss, lse")
+                if not (v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+                        or (isinstance(v, str) and v.isidentifier())):
+                    raise at("returns", k, message=f"output {k!r} must be a tuple index, an attribute name or null "
+                             f"(got {v!r})", fix=f"write e.g. '{k}: 0' or '{k}: {k}'")
+            if "loss" not in r:
+                raise at("returns", message="'returns' must say where the loss is",
+                         fix="add 'loss: 0' (tuple index), 'loss: attr' or write 'returns: loss' for a tensor")
+            kw["returns"] = dict(r)
+        else:
+            raise at("returns", message="'returns' must be 'loss' or a mapping output -> index/attribute",
+                     fix="write e.g. 'returns: {loss: 0, z_loss: 1}'")
+    if "fixed" in d:
+        fx = d["fixed"]
+        if not isinstance(fx, dict) or not all(isinstance(k, str) and k.isidentifier() for k in fx):
+            raise at("fixed", message="'fixed' must map keyword names to constants",
+                     fix="write e.g. 'fixed: {impl: torch}'")
+        kw["fixed"] = dict(fx)
+    try:
+        return CallForm(**kw)
+    except ValueError as exc:
+        raise err("form", str(exc), "see docs/gating.md (LLM cross-entropy kernels)") from None
 
 
 def _str_list(value, key, err) -> list[str]:
@@ -200,6 +289,19 @@ def _str_list(value, key, err) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
         raise err(key, f"'{key}' must be a list of names", f"write e.g. '{key}: [a, b]'")
     return list(value)
+
+
+def _llm_adapter(base: Adapter, cfg: dict, path) -> Adapter:
+    """The imported callable wrapped in an LlmTorchAdapter that calls it through the form."""
+    from conformance.adapters.llm import LlmTorchAdapter
+
+    fn = getattr(base, "fn", None)
+    if fn is None or getattr(base, "framework", None) != "torch":
+        raise AdapterConfigError(str(path), cfg["import_line"], f"'form' needs a torch function to call, and "
+                                 f"{cfg['import']} resolved to {type(base).__name__}",
+                                 "import the bare function, e.g. 'import: liger_kernel.transformers.functional:"
+                                 "liger_cross_entropy'")
+    return LlmTorchAdapter(fn, cfg["name"], cfg["form"], device=cfg.get("device", "cpu"))
 
 
 def adapter_from_config(path: str | Path) -> Adapter:
@@ -214,6 +316,8 @@ def adapter_from_config(path: str | Path) -> Adapter:
         base = resolve(cfg["import"])
     except AdapterError as exc:
         raise AdapterConfigError(str(path), cfg["import_line"], f"import: {exc}") from None
+    if "form" in cfg:
+        base = _llm_adapter(base, cfg, path)
     a = copy.copy(base)
     a.name = cfg["name"]
     if "device" in cfg:

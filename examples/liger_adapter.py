@@ -16,3 +16,11 @@ from liger_kernel.transformers.functional import liger_cross_entropy  # noqa: F4
 
 def liger_on_a_copy(input, target, **kw):
     return liger_cross_entropy(input.clone(), target, **kw)
+
+
+def liger_llm(input, target, return_z_loss=False, **kw):
+    """Liger's LLM options (softcap, lse_square_scale = z-loss, return_z_loss) on a copy of the
+    logits, with the result as a (loss, z_loss) pair whatever return_z_loss says: Liger returns
+    a bare tensor without it and a CrossEntropyOutput with it (config liger_llm.yaml)."""
+    out = liger_cross_entropy(input.clone(), target, return_z_loss=return_z_loss, **kw)
+    return (out.loss, out.z_loss) if return_z_loss else (out, None)
