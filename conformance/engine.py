@@ -187,7 +187,7 @@ MAX_RECORDS, MAX_EXAMPLES = 24, 6
 #: Failure regions probed per check (conformance.engine.Search._probe_patterns).
 MAX_PROBES = 3
 #: How many known entries (or the baseline) get a shrink search of their own in one check.
-SHRINK_ACCEPTED = 3
+SHRINK_ACCEPTED = 1
 
 
 class Search:
@@ -247,11 +247,13 @@ class Search:
     def _record(self, f: CheckFailure) -> FailureRecord:
         sig = signature(self.check.kind, f.verdict, f.case)
         key = signature_key(self.check.id, sig)
-        rec = self.records.get(key)
+        # Matched per example: an entry may test the example itself (message_contains,
+        # ignore_index...), so one signature can hold accepted and new examples, kept apart.
+        matched = self.gate.match(self.ctx.adapter.name, self.check.id, sig, f.case.describe(small=0), str(f))
+        slot = key if matched is None else f"{key}|accepted_by={matched.get('file')}#{matched.get('index')}"
+        rec = self.records.get(slot)
         if rec is None:
-            described = f.case.describe(small=0)
-            matched = self.gate.match(self.ctx.adapter.name, self.check.id, sig, described, str(f))
-            rec = self.records[key] = FailureRecord(key, sig, matched, first=f)
+            rec = self.records[slot] = FailureRecord(key, sig, matched, first=f)
         if self.counting:
             rec.count += 1
         return rec
@@ -326,7 +328,7 @@ class Search:
                 by_acceptor.setdefault((rec.matched.get("file"), rec.matched.get("index")), rec)
         for rec in list(by_acceptor.values())[:SHRINK_ACCEPTED]:
             if rec.shrunk is None:
-                rec.shrunk = self._shrink(rec, lambda r, k=rec.key: r.key == k)
+                rec.shrunk = self._shrink(rec, lambda r, target=rec: r is target)
         self._probe_patterns()
         self._conclude(res, main_failure)
 
@@ -343,8 +345,8 @@ class Search:
         for rec in order:
             if len(probed) >= MAX_PROBES:
                 break
-            if rec.count == 0 and rec.shrunk is None:
-                continue
+            if (rec.count == 0 and rec.shrunk is None) or rec.matched is not None:
+                continue  # accepted failures need no region: their entry or baseline already says it
             if any(_pattern_accepts(p, rec.signature) for p in probed):
                 continue  # already inside a probed region
             rec.pattern = self._probe(rec)
