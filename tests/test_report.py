@@ -219,15 +219,15 @@ def test_browser_console_check_can_fail(tmp_path):
 
 @pytest.fixture(scope="module")
 def browser_run(tmp_path_factory):
-    """A real run with two adapters and failures: with no known divergences, torch's accepted
-    NaN / negative label_smoothing fail."""
+    """A real run with two adapters and failures: with no known divergences and --strict,
+    torch's accepted NaN / negative label_smoothing (SHOULD clauses, else `permissive`) fail."""
     pytest.importorskip("torch")
     out = tmp_path_factory.mktemp("browser_run")
     known = out / "no-known.yaml"
     known.write_text("known: []\n")
     rc = cli.main(["run", "--adapter", "numpy", "--adapter", "torch-cpu", "--profile", "quick", "--ci",
                    "--check", "forward", "--check", "error.label", "--out", str(out / "reports"),
-                   "--known", str(known)])
+                   "--known", str(known), "--strict"])
     return rc, out / "reports" / "index.html"
 
 
