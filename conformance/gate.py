@@ -262,15 +262,3 @@ def result_records(result: dict[str, Any]) -> list[dict[str, Any]]:
             recs = [{"key": signature_key(result.get("check", ""), sig), "signature": sig, "pattern": None,
                      "accepted_by": {"by": "known"} if result.get("status") == "known" else None, "count": 1}]
     return recs
-
-
-def result_signatures(result: dict[str, Any]) -> dict[str, bool]:
-    """A results-file entry's failure signatures, each with whether a known entry or the
-    baseline accepted it (files that predate signatures: the one failure's, derived)."""
-    out = {f["key"]: bool(f.get("accepted_by")) for f in result.get("failures") or []
-           if isinstance(f, dict) and isinstance(f.get("key"), str) and f.get("count", 1)}
-    if not out and result.get("failure") and result.get("status") in ("failed", "known", "permissive", "flaky"):
-        sig = signature_from_failure(result.get("check", ""), result.get("kind", ""), result["failure"])
-        if sig:
-            out[signature_key(result.get("check", ""), sig)] = result.get("status") == "known"
-    return out

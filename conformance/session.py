@@ -145,7 +145,7 @@ def load_baseline(path: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {"statuses": {}, "signatures": {}, "whole": []}
     if not path:
         return out
-    from .gate import signature_from_failure, signature_key
+    from .gate import result_records
 
     try:
         doc = resultsmod.load(path)
@@ -157,10 +157,7 @@ def load_baseline(path: str | None) -> dict[str, Any]:
         if r.get("status") in ("passed", "variant", "fixed", "not_supported", "skipped"):
             continue
         keys: list[Any] = [{"key": f["key"], "signature": f.get("signature") or {}, "pattern": f.get("pattern")}
-                           for f in r.get("failures") or [] if isinstance(f, dict) and isinstance(f.get("key"), str)]
-        if not keys and r.get("failure"):
-            sig = signature_from_failure(r["check"], r.get("kind", ""), r["failure"])
-            keys = [signature_key(r["check"], sig)] if sig else []
+                           for f in result_records(r)]
         if keys:
             out["signatures"][rid] = keys
         else:
