@@ -56,6 +56,9 @@ class Verdict:
     #: error/bound per compared element (a sample), for the accuracy plots.
     ratios: list[float] = field(default_factory=list)
     ulps: list[float] = field(default_factory=list)
+    #: (exact value, signed error in ulps) of the elements the rounding-bias rule looks at
+    #: (tolerances.unbiased: small nonzero errors, distinct exact values), for conformance/bias.py.
+    signed: list[tuple[float, float]] = field(default_factory=list)
 
 
 def _scalar(a) -> Any:
@@ -218,6 +221,13 @@ class Judge:
             ratios = (diff / np.maximum(allowed, np.finfo(np.float64).tiny))[finite_both]
             v.ratios = _sample(ratios)
             v.ulps = _sample(ulps_each[finite_both])
+        rule = self.tol.unbiased
+        if rule and dtype in rule["dtypes"] and v.ok and not what.startswith("gradient") and np.any(finite_both):
+            with np.errstate(all="ignore"):
+                su = np.where(finite_both, (a - e) / ulp(e, dtype), 0.0)
+            pick = finite_both & (su != 0) & (np.abs(su) <= float(rule["max_ulps"]))
+            ev_, idx_ = np.unique(e[pick], return_index=True)
+            v.signed = [(float(x), float(y)) for x, y in zip(ev_[:512], su[pick][idx_][:512])]
         if e.size:
             if v.ok:
                 idx = np.unravel_index(int(np.argmax(np.where(finite_both, ulps_each, -1.0))), e.shape) if np.any(finite_both) else None

@@ -124,6 +124,7 @@ def option_domains(spec, req) -> dict[str, list[str]]:
         "smoothing": ["0", "(0,1)", "1"] if "label_smoothing" in feats else ["0"],
         "rank": list(dict.fromkeys(rank_class(r) for r in req.ranks)),
         "regime": regimes,
+        "layout": list(spec.domains.get("layouts", ["contiguous"])),
     }
 
 
@@ -133,5 +134,10 @@ def option_valid(row: Row) -> bool:
     if row.get("regime") == "huge" and row.get("dtype") in ("float16", "bfloat16"):
         return False
     if row.get("target") == "probability" and row.get("ignore", "default") != "default":
+        return False
+    rank = row.get("rank")
+    if row.get("layout") == "channels_last" and rank not in (None, "spatial"):
+        return False
+    if row.get("layout") in ("transposed", "expanded") and rank == "unbatched":
         return False
     return True
