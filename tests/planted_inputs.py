@@ -93,7 +93,10 @@ def _ce_from_log_probs(lp, target, weight, ignore_index, reduction, eps):
     loss = torch.where(valid, loss, torch.zeros((), dtype=lp.dtype))
     if reduction == "none":
         return loss.reshape(none_shape)
-    return loss.sum() if reduction == "sum" else loss.sum() / wt.sum()
+    if reduction == "sum":
+        return loss.sum()
+    den = wt.sum()
+    return loss.sum() / torch.where(den == 0, torch.full_like(den, torch.nan), den)  # 0 weight in all: NaN
 
 
 def _online(B, mode="right"):
