@@ -19,6 +19,7 @@ from typing import Any, Callable
 import ml_dtypes
 import numpy as np
 
+from conformance import layouts
 from conformance.adapters.base import (ALL_FEATURES, Adapter, Capabilities, Result,
                                        check_unmodified, shared_memory)
 from conformance.case import Case
@@ -254,10 +255,8 @@ def nll_loss(lp, target, weight=None, ignore_index=-100, reduction="mean"):
 
 # ---------------------------------------------------------------------- adapters
 def _inputs(case: Case) -> dict[str, np.ndarray]:
-    d = {"input": case.x, "target": case.target}
-    if case.weight is not None:
-        d["weight"] = case.weight
-    return d
+    """The arguments as views with the case's memory layout (conformance/layouts.py)."""
+    return layouts.arrays(case)
 
 
 def _legacy_warnings(case: Case) -> list[str]:
@@ -275,12 +274,15 @@ class NumpyAdapter(Adapter):
     capabilities = Capabilities(extras=frozenset({"log_softmax", "nll_loss", "forward_backward"}))
 
     def call(self, case: Case, *, gradient: bool = False) -> Result:
-        before = {k: v.copy() for k, v in _inputs(case).items()}
-        value, grads = cross_entropy_with_gradients(case.x, case.target, upstream=case.upstream,
-                                                    gradient=gradient, **case.kwargs())
-        check_unmodified(before, _inputs(case))
+        given = _inputs(case)
+        before = {k: v.copy() for k, v in given.items()}
+        kw = case.kwargs()
+        kw["weight"] = given.get("weight")
+        value, grads = cross_entropy_with_gradients(given["input"], given["target"], upstream=case.upstream,
+                                                    gradient=gradient, **kw)
+        check_unmodified(before, given)
         res = Result(value, grads, _legacy_warnings(case))
-        res.shared = shared_memory(_inputs(case), {"output": value, **{f"gradient[{k}]": v for k, v in grads.items()}})
+        res.shared = shared_memory(given, {"output": value, **{f"gradient[{k}]": v for k, v in grads.items()}})
         return res
 
     # Analytic gradients are computed with the value, so a forward's handle is its result:

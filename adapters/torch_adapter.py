@@ -16,6 +16,7 @@ from typing import Any, Callable
 import ml_dtypes
 import numpy as np
 
+from conformance import layouts
 from conformance.adapters.base import Adapter, Capabilities, InputsMutated, Result
 from conformance.case import Case
 from conformance.layouts import strided_parts
@@ -160,9 +161,9 @@ class TorchFunctionAdapter(Adapter):
     def forward(self, case: Case, *, gradient: bool = True) -> dict:
         """Run the implementation's forward pass and keep its autograd graph: the handle
         :meth:`backward` differentiates later (two forwards may precede either backward)."""
-        inputs = {"input": to_tensor(case.x, self.device), "target": to_tensor(case.target, self.device)}
-        if case.weight is not None:
-            inputs["weight"] = to_tensor(case.weight, self.device)
+        # the case's memory layout, built here once (conformance/layouts.py), reaches the
+        # implementation as the same strided view of a tensor buffer
+        inputs = {k: to_tensor(v, self.device) for k, v in layouts.arrays(case).items()}
         pristine = {k: v.clone() for k, v in inputs.items()}
         x, target = inputs["input"], inputs["target"]
         wrt = {"input": x}

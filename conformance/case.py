@@ -58,22 +58,10 @@ class Case:
     #: LLM-kernel options of the spec's ``extensions:`` that are on ({"softcap": 30.0,
     #: "z_loss": 1e-4, "shift": True, ...}); empty for plain F.cross_entropy.
     extensions: dict[str, Any] = field(default_factory=dict)
-    #: Memory layout of the arrays the adapter receives (conformance/layouts.py): the arrays
-    #: above are views with this layout; every copy re-applies it to its new arrays.
+    #: Memory layout of the arrays the adapter receives (conformance/layouts.py). The arrays
+    #: above stay plain logical values: the adapter builds the views with this layout when it
+    #: converts the case (layouts.arrays), once, after every mutation and transform.
     layout: str = "contiguous"
-
-    def __post_init__(self):
-        if self.layout != "contiguous":
-            from . import layouts
-            if self.layout == "expanded" and not layouts.expandable(np.asarray(self.x)):
-                self.layout = "contiguous"
-                return
-            C = self.num_classes
-            self.x = layouts.view(self.x, self.layout, role="input", class_axis=self.class_axis, C=C)
-            kind = self.target_kind
-            self.target = layouts.view(np.asarray(self.target), self.layout, role="input" if kind == "probability" else "target",
-                                       class_axis=self.class_axis, C=C)
-            self.weight = layouts.view(self.weight, self.layout, role="weight", C=C)
 
     # ------------------------------------------------------------------ derived facts
     @property
@@ -201,7 +189,9 @@ class Case:
              "regime": self.regime}
         if self.layout != "contiguous":
             from . import layouts
-            d["layout"] = {"name": self.layout, "input": layouts.describe(self.x), "target": layouts.describe(np.asarray(self.target))}
+            views = layouts.arrays(self)
+            d["layout"] = {"name": self.layout, "input": layouts.describe(views["input"]),
+                           "target": layouts.describe(views["target"])}
         if self.legacy:
             d["legacy"] = dict(self.legacy)
         if self.extensions:

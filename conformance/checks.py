@@ -144,7 +144,8 @@ def _judge_call(ctx: Context, check_id: str, case: Case, res, *, gradient: bool)
     ev = ctx.oracle.evaluate(case, gradients=gradient)
     dtype = case.dtype
     verdicts = [ctx.judge.compare(res.value, ev.value, ctx.judge.value_bound(ev, dtype), dtype,
-                                  what="loss", clause=f"paths.{ev.path}.reductions.{ev.reduction}")]
+                                  what="loss", clause=f"paths.{ev.path}.reductions.{ev.reduction}",
+                                  internal=ctx.judge.internal_bound(ev, case))]
     if gradient:
         for wrt, g in ev.gradients.items():
             if wrt not in res.gradients:

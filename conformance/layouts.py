@@ -16,8 +16,12 @@ only). The names are the spec's ``domains.layouts``:
 - ``expanded``: the logits of every batch entry are one row broadcast with stride 0 (the
   strategy makes them equal; a case whose batch entries differ keeps ``contiguous``).
 
-The padding is drawn from a generator seeded by the array's shape, so that re-applying a
-layout (every :meth:`Case.copy` does) gives the same buffer.
+The case's own arrays stay plain logical values (mutations and metamorphic transforms
+edit them freely); :func:`arrays` builds the views ONCE, where the case is final: in the
+adapter's conversion step (adapters/torch_adapter.py, adapters/numpy_ref.py), also inside an
+isolated worker, which receives the case with its ``layout`` name. The padding is drawn
+from a generator seeded by the array's size, so that the same case always gives the same
+buffer.
 """
 from __future__ import annotations
 
@@ -86,6 +90,25 @@ def view(a: np.ndarray | None, layout: str, *, role: str, class_axis: int = 1, C
             return a
         return np.broadcast_to(a[:1].copy(), a.shape)  # the buffer holds one batch entry
     raise ValueError(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
+
+
+def arrays(case) -> dict[str, np.ndarray]:
+    """The arguments of ``case`` ("input", "target" and "weight" when given) as the views
+    its ``layout`` asks for. ``expanded`` on logits whose batch entries differ (a transform
+    changed them) gives the contiguous arrays."""
+    x, t, w = case.x, np.asarray(case.target), case.weight
+    lay = case.layout
+    if lay == "expanded" and not expandable(np.asarray(x)):
+        lay = "contiguous"
+    out = {"input": x, "target": t}
+    if lay != "contiguous":
+        C, ax = case.num_classes, case.class_axis
+        out["input"] = view(x, lay, role="input", class_axis=ax, C=C)
+        out["target"] = view(t, lay, role="input" if case.target_kind == "probability" else "target", class_axis=ax, C=C)
+        w = view(w, lay, role="weight", C=C)
+    if w is not None:
+        out["weight"] = w
+    return out
 
 
 def expandable(x: np.ndarray) -> bool:

@@ -135,7 +135,7 @@ class Tolerances:
     accumulate: Formula | None = None
     gaccumulate: Formula | None = None
     gaccumulate_target: Formula | None = None
-    #: The rounding-bias rule (conformance/bias.py): {dtypes, max_ulps, alpha, min_samples}.
+    #: The rounding-bias rule (conformance/bias.py): {dtypes, max_internal, alpha, min_samples, min_mean}.
     unbiased: dict[str, Any] | None = None
 
 

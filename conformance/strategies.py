@@ -169,7 +169,7 @@ MODIFIERS: dict[str, Modifier] = {
                             "min_classes": 2}),
     "spatial_equals_classes": Modifier("an (N, C, d) input whose spatial size d equals C",
                                        {"ranks": (3,), "shape_kind": "spatial_equals_classes", "no_ignored": True,
-                                        "weight_positive_or_absent": True, "min_classes": 2}),
+                                        "weight_positive_or_absent": True, "min_classes": 2, "min_positions": 1}),
     "empty_spatial": Modifier("a zero-size spatial axis with N > 0", {"ranks": (3, 4, 5), "empty_spatial": True},
                               needs=("empty",)),
 }
@@ -498,6 +498,8 @@ def cases(draw, spec, req: Request) -> Case:
                 extensions=extensions, layout=layout)
     if "normalizer" in extensions:
         _set_normalizer(case)
+    if layout == "expanded" and not layouts.expandable(np.asarray(case.x)):
+        case.layout = "contiguous"  # batch entries differ: no stride-0 view of them exists
     assert case.x.shape == shape_full
     case.extra["shape_kind"] = shape_kind
     # A random upstream gradient, shaped like the output, so that 'none' is not only
