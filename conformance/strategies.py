@@ -435,6 +435,9 @@ def cases(draw, spec, req: Request) -> Case:
                 k = draw(st.integers(1, P), label="ignored_count") if P <= SMALL else max(1, P // 7)
                 idx = np.random.default_rng(int(t.sum()) + P).choice(P, size=k, replace=False)
                 t[idx] = ignore_index
+        if layout == "expanded" and P:
+            tb = t.reshape(batch_shape[0], -1)
+            tb[1:] = tb[0]  # every batch entry alike, so that confident logits stay one broadcast entry
         if regime == "confident":
             rows = np.arange(P)
             ok = (t >= 0) & (t < C)

@@ -190,19 +190,31 @@ def test_boundary_special_cases_draw_the_shapes_they_name(sid):
     assert len(shapes) >= 10
 
 
-def test_layout_is_an_option_class_of_the_covering_arrays_and_signatures():
+def test_layout_is_an_option_class_of_signatures_drawn_on_every_example():
     from conformance import covering, strategies
     from conformance.adapters import resolve
+    from conformance.gate import OPTION_CLASSES, option_classes
 
+    assert OPTION_CLASSES["layout"] == tuple(SPEC.domains["layouts"])
     req = strategies.request_for(SPEC, resolve("numpy").capabilities)
-    domains = covering.option_domains(SPEC, req)
-    assert domains["layout"] == list(SPEC.domains["layouts"])
-    rows = covering.covering_array(domains, 2, covering.option_valid)
-    assert {r["layout"] for r in rows} == set(SPEC.domains["layouts"])
-    assert all(r["rank"] == "spatial" for r in rows if r["layout"] == "channels_last")
+    assert "layout" not in covering.option_domains(SPEC, req)  # random, not a covering-array column
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    drawn = []
+
+    @settings(max_examples=80, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def draw(data):
+        drawn.append(data.draw(strategies.cases(SPEC, req)).layout)
+
+    draw()
+    assert set(drawn) == set(SPEC.domains["layouts"]), sorted(set(drawn))
     sig = {"clause": "paths.index", "layout": "contiguous"}
     assert "layout" not in signature_key("forward.index", sig)  # keys written before layouts stay valid
     assert "layout=sliced" in signature_key("forward.index", dict(sig, layout="sliced"))
+    case = Case(x=np.zeros((2, 3, 4), dtype=np.float32), target=np.zeros((2, 4), dtype=np.int64), layout="channels_last")
+    assert option_classes(case)["layout"] == "channels_last"
 
 
 class _OneBuffer(torch.autograd.Function):
