@@ -22,7 +22,7 @@ import numpy as np
 from hypothesis import HealthCheck, Phase, given, reject, settings
 from hypothesis import seed as hyp_seed
 from hypothesis import strategies as st
-from hypothesis.errors import FlakyFailure, Unsatisfiable
+from hypothesis.errors import FlakyFailure, FlakyStrategyDefinition, Unsatisfiable
 
 from . import covering
 from . import strategies as strat
@@ -188,6 +188,17 @@ MAX_RECORDS, MAX_EXAMPLES = 24, 6
 MAX_PROBES = 3
 #: How many known entries (or the baseline) get a shrink search of their own in one check.
 SHRINK_ACCEPTED = 1
+#: Examples a shrink search of an accepted failure may try after it found the failure: a
+#: known divergence's counterexample only illustrates its entry, and an unbounded shrink of
+#: it was a fifth of the default run. New failures are shrunk without a bound.
+SHRINK_BUDGET_ACCEPTED = 60
+
+
+class _ShrinkBudget(BaseException):
+    """Ends a bounded shrink search: a BaseException, so Hypothesis lets it through (it
+    would take an Exception for a failure of its own); the smallest failure so far stands.
+    Hypothesis may report the cut-short example as inconsistent data generation on its way
+    out (FlakyStrategyDefinition, with this exception as its context): that is this stop too."""
 
 
 class Search:
@@ -212,11 +223,18 @@ class Search:
         self.rows: list[dict[str, str]] = []
         self.domains: dict[str, list[str]] = {}
         self.strength = covering.STRENGTH.get(ctx.profile, 3)
+        #: Examples left to a bounded shrink search once it has found its failure (None: no bound).
+        self.shrink_left: int | None = None
+        self.shrink_budget: int | None = None
 
     # ------------------------------------------------------------------ one example
     def _example(self, draw, raise_for) -> None:
         if self.aborted is not None:
             raise _Aborted()
+        if self.shrink_left is not None:
+            if self.shrink_left <= 0:
+                raise _ShrinkBudget()
+            self.shrink_left -= 1
         self.tried += 1
         try:
             with _adapter_interrupts() as interrupted:
@@ -228,6 +246,8 @@ class Search:
             self.outcomes.append(Outcome(f.case, []))
             if raise_for(rec):
                 self.last_raised = f
+                if self.shrink_budget is not None and self.shrink_left is None:
+                    self.shrink_left = self.shrink_budget
                 raise
             return
         except (KeyboardInterrupt, SystemExit, GeneratorExit) as exc:
@@ -328,7 +348,7 @@ class Search:
                 by_acceptor.setdefault((rec.matched.get("file"), rec.matched.get("index")), rec)
         for rec in list(by_acceptor.values())[:SHRINK_ACCEPTED]:
             if rec.shrunk is None:
-                rec.shrunk = self._shrink(rec, lambda r, target=rec: r is target)
+                rec.shrunk = self._shrink(rec, lambda r, target=rec: r is target, budget=SHRINK_BUDGET_ACCEPTED)
         self._probe_patterns()
         self._conclude(res, main_failure)
 
@@ -418,25 +438,32 @@ class Search:
             finally:
                 self.ctx.pins = {}
 
-    def _shrink(self, rec: FailureRecord, raise_for) -> CheckFailure | None:
+    def _shrink(self, rec: FailureRecord, raise_for, budget: int | None = None) -> CheckFailure | None:
         """A search pinned to the record's option classes that raises only for ``raise_for``:
-        Hypothesis finds the failure again and shrinks it without leaving its signature."""
+        Hypothesis finds the failure again and shrinks it without leaving its signature; with
+        a ``budget``, for at most that many examples after finding it."""
         pins = {k: v for k, v in rec.signature.items() if k in OPTION_CLASSES and v in OPTION_CLASSES[k]}
         if self.check.kind == "error":
             pins = {k: v for k, v in pins.items() if k in ("dtype", "target", "rank")}
         pins.pop("regime", None) if pins.get("regime") == "nonfinite" else None
         for attempt in (pins, {}):
             self.ctx.pins = dict(attempt)
+            self.shrink_budget, self.shrink_left, self.last_raised = budget, None, None
             try:
                 self._hypothesis(lambda draw: self._example(draw, raise_for),
                                  max_examples=self.check.max_examples[self.ctx.profile],
                                  phases=[Phase.generate, Phase.shrink], salt="shrink:" + rec.key)
             except CheckFailure as f:
                 return f
+            except (_ShrinkBudget, FlakyStrategyDefinition):
+                if self.shrink_left != 0:
+                    raise  # a real inconsistency, not this search's stop
+                return self.last_raised  # the smallest failing example the shrinker reached
             except (Unsatisfiable, strat.NothingToDraw, NotSupported, FlakyFailure):
                 pass
             finally:
                 self.ctx.pins = {}
+                self.shrink_budget = self.shrink_left = None
         return None
 
     def _conclude(self, res: CheckResult, failure: CheckFailure | None) -> None:
