@@ -132,7 +132,7 @@ def test_a_worker_gets_the_same_examples_as_in_process(on_path):
     from conformance.checks import Context
     from conformance.engine import run_check
     from conformance.spec import load_default
-    from conformance.worker import AdapterWorker
+    from conformance.runner.worker import AdapterWorker
 
     spec, checks = _checks()
     extra = {op: load_default(op) for op in ("log_softmax", "nll_loss")}
@@ -143,8 +143,7 @@ def test_a_worker_gets_the_same_examples_as_in_process(on_path):
             there = w.run(checks[check_id], **kw)
         finally:
             w.close()
-        here = run_check(Context(spec, resolve(source), profile="quick", extra_specs=extra), checks[check_id],
-                         isolate=False, **kw)
+        here = run_check(Context(spec, resolve(source), profile="quick", extra_specs=extra), checks[check_id], **kw)
         assert there.status == here.status == "failed", (source, there.status, there.message)
         assert there.failure["counterexample"] == here.failure["counterexample"]
         assert there.examples == here.examples and there.coverage == here.coverage
@@ -152,7 +151,7 @@ def test_a_worker_gets_the_same_examples_as_in_process(on_path):
 
 
 def test_a_crashing_worker_is_restarted_then_given_up(on_path):
-    from conformance.worker import AdapterWorker
+    from conformance.runner.worker import AdapterWorker
 
     spec, checks = _checks()
     w = AdapterWorker("misbehaving:Exit3", name="exit3", spec_file=spec.file, profile="quick", max_crashes=2)
@@ -169,7 +168,7 @@ def test_a_crashing_worker_is_restarted_then_given_up(on_path):
 
 
 def test_an_adapter_that_cannot_be_built_in_its_worker(on_path):
-    from conformance.worker import AdapterWorker
+    from conformance.runner.worker import AdapterWorker
 
     spec, checks = _checks()
     w = AdapterWorker("misbehaving:NoSuchAdapter", name="nope", spec_file=spec.file, profile="quick")
@@ -211,7 +210,7 @@ def test_stale_reports_are_moved_aside_and_the_baseline_follows(tmp_path):
 def test_an_adapter_without_source_runs_in_process_with_a_warning(monkeypatch):
     """An adapter object that cannot be rebuilt from a string in a worker (no ``source``)
     still runs: in-process, with one warning."""
-    from conformance import pytest_plugin
+    from conformance.runner import pytest_plugin
     from conformance.adapters.numpy_ref import NumpyAdapter
     from conformance.spec import load_default
 
@@ -239,8 +238,8 @@ def test_an_adapter_without_source_runs_in_process_with_a_warning(monkeypatch):
 
 def test_the_exit_code_follows_results_json_not_pytest(tmp_path):
     """0 only when results.json exists, holds every check and says all passed."""
-    from conformance.cli import _run_exit_code
-    from conformance.results import write
+    from conformance.runner.cli import _run_exit_code
+    from conformance.runner.results import write
 
     spec = {"operation": "cross_entropy", "version": "1", "sha256": "x", "file": "f"}
     ok = pytest.ExitCode.OK

@@ -34,7 +34,7 @@ PAYLOADS = [
 @pytest.fixture(scope="module", autouse=True)
 def _warm(tmp_path_factory):
     """Import what a run imports before anything is timed (the timings are of the checks)."""
-    from conformance import cli
+    from conformance.runner import cli
     from conformance.adapters import resolve
 
     resolve("numpy")

@@ -43,9 +43,9 @@ def machine() -> dict[str, Any]:
 def bench_runs(profiles: list[str], adapters: list[str], seed: int) -> list[dict[str, Any]]:
     from conformance.adapters import resolve
 
-    from .checks import Context, catalogue
-    from .engine import run_check
-    from .spec import load_default
+    from ..checks import Context, catalogue
+    from ..engine import run_check
+    from ..spec import load_default
 
     spec = load_default()
     extra = {op: load_default(op) for op in ("log_softmax", "nll_loss")}
@@ -100,7 +100,7 @@ def _time_calls(adapter) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- planted bugs
 def _planted():
-    tests = Path(__file__).resolve().parents[1] / "tests"
+    tests = Path(__file__).resolve().parents[2] / "tests"
     if not (tests / "planted.py").is_file():
         return None
     if str(tests) not in sys.path:
@@ -117,9 +117,9 @@ def bench_planted(seeds: int, profile: str = "default") -> dict[str, Any]:
     from conformance.adapters.base import Capabilities
     from conformance.adapters.torch_adapter import TorchFunctionAdapter
 
-    from .checks import Context, catalogue
-    from .engine import run_check
-    from .spec import load_default
+    from ..checks import Context, catalogue
+    from ..engine import run_check
+    from ..spec import load_default
 
     spec = load_default()
     extra = {op: load_default(op) for op in ("log_softmax", "nll_loss")}
@@ -159,9 +159,9 @@ def bench_oracle(max_log2: int = 24, classes: int = 1024) -> list[dict[str, Any]
 
     import numpy as np
 
-    from .case import Case
-    from .oracle import Oracle
-    from .spec import load_default
+    from ..case import Case
+    from ..oracle import Oracle
+    from ..spec import load_default
 
     oracle = Oracle(load_default())
     out = []

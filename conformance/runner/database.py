@@ -7,7 +7,7 @@ check and the engine's code (conformance/engine.py ``_hypothesis``), never on th
 any machine that shares the database replays them.
 
 A *database spec* is one string, so that it crosses the worker protocol as JSON and the
-database is built where the search runs (conformance/worker.py): entries joined by ``;``,
+database is built where the search runs (conformance/runner/worker.py): entries joined by ``;``,
 each ``[ro:]TARGET`` with TARGET one of
 
 - a directory (``.hypothesis/ce-conformance``): :class:`DirectoryBasedExampleDatabase`;
@@ -28,6 +28,8 @@ import os
 import re
 from pathlib import Path
 
+from ..diagnostics import UserError
+
 #: The local folder used when no --database is given (and the run is not derandomised).
 DEFAULT_DIR = os.path.join(".hypothesis", "ce-conformance")
 #: Redis keys of the suite start with this (several projects may share one server).
@@ -35,7 +37,7 @@ REDIS_PREFIX = b"ce-conformance:"
 _GITHUB = re.compile(r"^github:([A-Za-z0-9][A-Za-z0-9-]*)/([A-Za-z0-9._-]+)(?:/([A-Za-z0-9._-]+))?$")
 
 
-class DatabaseError(ValueError):
+class DatabaseError(UserError, ValueError):
     """A database spec that cannot be used: one line with the fix (exit 2 in the CLI)."""
 
 
