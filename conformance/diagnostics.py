@@ -109,4 +109,6 @@ class YamlLocator:
         value; None for an empty document or the top level."""
         if not path or self.root is None:
             return None
-        return self.at(path, key=True)[0]
+        node, key_node, _ = self.walk(tuple(path))
+        target = key_node if key_node is not None else node
+        return None if target is None else target.start_mark.line + 1
