@@ -133,7 +133,8 @@ class Adapter:
 
     def call(self, case: Case, *, gradient: bool = False) -> Result:
         """Run the implementation on ``case``; with ``gradient`` also differentiate
-        (the upstream gradient is ``case.upstream``, shaped like the output, whatever the reduction; 1 when it is None)."""
+        (the upstream gradient is ``case.upstream``, shaped like the output, whatever the
+        reduction; 1 when it is None)."""
         raise NotImplementedError
 
     def log_softmax(self, x: np.ndarray, axis: int) -> np.ndarray:

@@ -221,7 +221,8 @@ def table(doc: dict[str, Any]) -> str:
                              f"{100 * (wall - inside) / wall:7.1f}%")
     p = doc.get("planted")
     if p and "bugs" in p:
-        lines.append(f"planted bugs ({p['profile']} profile, {p['seeds']} seeds): time and examples to the first failure")
+        lines.append(f"planted bugs ({p['profile']} profile, {p['seeds']} seeds): time and examples to the "
+                     "first failure")
         for name, b in p["bugs"].items():
             lines.append(f"  {name:30s} caught {b['caught']:>5s}  median {b['median_s']:6.2f} s "
                          f"({b['median_examples']:g} ex.)  worst {b['worst_s']:6.2f} s ({b['worst_examples']} ex.)")
@@ -230,7 +231,8 @@ def table(doc: dict[str, Any]) -> str:
     elif p:
         lines.append(f"planted bugs: skipped ({p['skipped']})")
     for o in doc.get("oracle") or []:
-        lines.append(f"oracle P*C={o['P*C']:5s} (P={o['P']}, C={o['C']}, float32, with gradients): {o['seconds']:.2f} s, "
+        lines.append(f"oracle P*C={o['P*C']:5s} (P={o['P']}, C={o['C']}, float32, with gradients): "
+                     f"{o['seconds']:.2f} s, "
                      f"{o['elements_per_s'] / 1e6:.1f} M elements/s, peak extra {o['peak_extra_MiB']} MiB "
                      f"({o['peak_extra_x_logits']}x the logits)")
     return "\n".join(lines)

@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "failure of the planted bugs, oracle throughput (JSON and a table)")
     b.add_argument("--profile", action="append", default=None, choices=list(PROFILES),
                    help="profile(s) to time (repeatable; default: quick and default)")
-    b.add_argument("--adapter", action="append", default=None, help="adapters to time (default numpy, torch-cpu, jax-cpu)")
+    b.add_argument("--adapter", action="append", default=None,
+                   help="adapters to time (default numpy, torch-cpu, jax-cpu)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--seeds", type=int, default=3, help="seeds per planted bug (median and worst over them)")
     b.add_argument("--skip", action="append", default=[], choices=["runs", "planted", "oracle"],
@@ -264,7 +265,8 @@ def cmd_report(args) -> int:
     out = Path(args.out)
     partial = [f for f in args.results if f.endswith(".jsonl")]
     if len(partial) > 1:
-        return _error(f"{len(partial)} partial results files given; fix: rebuild one at a time, each with its own --out")
+        return _error(f"{len(partial)} partial results files given; fix: rebuild one at a time, each with its "
+                      "own --out")
     files = []
     for f in args.results:
         if f not in partial:
@@ -342,7 +344,8 @@ def cmd_diff(args) -> int:
         con.print(f"[{style}]{title}: {len(ids)}[/]")
         for i in ids:
             con.print(f"  {i}" + (f"  {n[i]['message'][:200]}" if i in n and n[i].get("message") else ""), markup=False)
-    for title, recs, style in (("new failure signatures", sig_new, "red"), ("fixed failure signatures", sig_fixed, "green")):
+    for title, recs, style in (("new failure signatures", sig_new, "red"),
+                               ("fixed failure signatures", sig_fixed, "green")):
         con.print(f"[{style}]{title}: {len(recs)}[/]")
         for rid, rec in recs:
             note = " (accepted: known or baseline)" if rec.get("accepted_by") else ""

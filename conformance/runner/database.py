@@ -51,7 +51,8 @@ def compose(writable: list[str], readonly: list[str], *, default: str | None = D
     for e in entries:
         ro, target = (True, e[3:]) if e.startswith("ro:") else (False, e)
         if ";" in target:
-            raise DatabaseError(f"database {target!r}: ';' separates database entries; fix: give one database per option")
+            raise DatabaseError(f"database {target!r}: ';' separates database entries; fix: give one database "
+                                "per option")
         if _kind(target) == "directory":
             target = os.path.abspath(target)
         out.append(("ro:" if ro else "") + target)
@@ -98,7 +99,8 @@ def _one(kind: str, target: str):
 
         p = Path(target)
         if p.exists() and not p.is_dir():
-            raise DatabaseError(f"--database {target}: is a file, not a folder; fix: give a folder (created if missing)")
+            raise DatabaseError(f"--database {target}: is a file, not a folder; fix: give a folder (created if "
+                                "missing)")
         return DirectoryBasedExampleDatabase(str(p))
     if kind == "redis":
         try:
@@ -110,7 +112,8 @@ def _one(kind: str, target: str):
         try:
             client = redis.Redis.from_url(target, socket_connect_timeout=5, socket_timeout=30)
         except ValueError as exc:
-            raise DatabaseError(f"--database {target}: not a Redis URL ({exc}); fix: write redis://HOST:PORT/DB") from None
+            raise DatabaseError(f"--database {target}: not a Redis URL ({exc}); fix: write "
+                                "redis://HOST:PORT/DB") from None
         return RedisExampleDatabase(client, key_prefix=REDIS_PREFIX)
     if kind == "github":
         m = _GITHUB.match(target)

@@ -37,7 +37,8 @@ def run_isolated(adapter_source: str, check, *, profile: str, seed: int | None, 
     name = name or adapter_source
     w = AdapterWorker(adapter_source, name=name, spec_file=spec_file, profile=profile, timeout=timeout)
     try:
-        out = w.run(check, seed=seed, derandomize=derandomize, database_dir=database or database_dir, gate_json=gate_json,
+        out = w.run(check, seed=seed, derandomize=derandomize, database_dir=database or database_dir,
+                    gate_json=gate_json,
                     one_shot=True)
     except WorkerDied as exc:
         if check.kind == "error" and not exc.timed_out:

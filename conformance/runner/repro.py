@@ -129,9 +129,9 @@ def recheck(adapter_name: str, check_id: str, case, *, spec_file: str) -> int:
     from conformance.adapters import resolve
 
     from ..checks import Context
-    from ..spec import load
+    from ..spec import load, load_default
 
-    spec = load(spec_file) if Path(spec_file).exists() else __import__("conformance.spec", fromlist=["load_default"]).load_default()
+    spec = load(spec_file) if Path(spec_file).exists() else load_default()
     adapter = resolve(adapter_name)
     ctx = Context(spec, adapter)
     print(f"adapter: {adapter_name}   check: {check_id}")
@@ -162,7 +162,8 @@ def recheck(adapter_name: str, check_id: str, case, *, spec_file: str) -> int:
     print(("FAIL: " + v.message) if bad else "loss within tolerance")
     for wrt, g in res.gradients.items():
         if wrt in ev.gradients:
-            gv = ctx.judge.compare(g, ev.gradients[wrt], ctx.judge.gradient_bound(ev, wrt, case.dtype, case), case.dtype,
+            bound = ctx.judge.gradient_bound(ev, wrt, case.dtype, case)
+            gv = ctx.judge.compare(g, ev.gradients[wrt], bound, case.dtype,
                                    what=f"gradient[{wrt}]", clause="gradient", unspecified=ev.unspecified.get(wrt))
             print(("FAIL: " + gv.message) if not gv.ok else f"gradient[{wrt}] within tolerance")
             bad = bad or not gv.ok

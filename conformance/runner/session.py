@@ -229,7 +229,8 @@ def apply_known(result: dict[str, Any], entries: list[dict[str, Any]], *, strict
         result["message"] = "--strict: a known divergence fails the run: " + (result.get("message") or "")
     if strict and result["status"] == "permissive":
         result["status"] = "failed"
-        result["message"] = "--strict: a SHOULD clause that is not enforced fails the run: " + (result.get("message") or "")
+        result["message"] = ("--strict: a SHOULD clause that is not enforced fails the run: "
+                             + (result.get("message") or ""))
     if result["status"] != "passed":
         return
     for e in entries:

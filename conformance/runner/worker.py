@@ -213,7 +213,8 @@ class AdapterWorker:
         except ValueError:
             self._kill()
             raise WorkerDied(f"the adapter's worker process sent a garbled answer while {what} "
-                             f"(something wrote into its protocol pipe): {line[:200]!r}", self.last_returncode)
+                             f"(something wrote into its protocol pipe): {line[:200]!r}",
+                             self.last_returncode) from None
         return answer
 
     def run(self, check, *, seed: int | None = None, derandomize: bool = False, database_dir: str | None = None,
@@ -432,7 +433,8 @@ def _serve(proto_in, proto_out) -> int:
         left = sorted(t.name for t in _non_daemon_threads() - threads_before)
         problems = []
         if guard.changes:
-            problems.append("the adapter changed process-wide state and did not restore it: " + "; ".join(guard.changes))
+            problems.append("the adapter changed process-wide state and did not restore it: "
+                            + "; ".join(guard.changes))
         if left:
             problems.append(f"the adapter left {len(left)} non-daemon thread(s) running ({', '.join(left[:5])})")
         guard.reset()
