@@ -103,22 +103,17 @@ def case_inputs_npz(case) -> bytes:
 
 
 def run_check(ctx: Context, check: Check, *, seed: int | None = None, derandomize: bool = False,
-              database: str | None = None, database_dir: str | None = None, isolate: bool = True,
+              database: str | None = None, database_dir: str | None = None,
               gate: FailureFilter | None = None) -> CheckResult:
     """Run ``check`` for ``ctx.adapter`` and return its result; never raises for adapter faults.
 
-    ``database`` is a database spec (conformance/database.py: a folder, ``redis://...``,
+    ``database`` is a database spec (conformance/runner/database.py: a folder, ``redis://...``,
     ``github:OWNER/REPO``, entries joined by ``;``); ``database_dir`` is its older name.
 
     ``gate`` holds the known divergences and the baseline: a failing example they accept is
     recorded and the search goes on, so that it cannot hide a new failure (conformance/gate.py).
-    Check kinds the adapter lists in ``isolate_kinds`` run in a child process
-    (:mod:`conformance.isolation`), so that a crash or a poisoned CUDA context stays there."""
-    if isolate and check.kind in getattr(ctx.adapter, "isolate_kinds", ()):
-        from .isolation import run_isolated
-        return run_isolated(getattr(ctx.adapter, "source", ctx.adapter.name), check, profile=ctx.profile,
-                            seed=seed, spec_file=ctx.spec.file, name=ctx.adapter.name, derandomize=derandomize,
-                            database_dir=database or database_dir, gate_json=gate.to_json() if gate is not None else None)
+    Here, in this process: ``conformance.runner.isolation.run_check`` sends the kinds an adapter
+    lists in ``isolate_kinds`` to a child process first."""
     res = CheckResult(ctx.adapter.name, check.id, check.kind, check.clause, check.description, "passed",
                       severity=check.severity)
     why = _not_supported(ctx, check)
@@ -211,7 +206,7 @@ class Search:
         self.derandomize = derandomize
         # An explicit seed for every search of this check: the pinned searches replay it.
         self.seed = seed if seed is not None or derandomize else random.SystemRandom().randrange(2**32)
-        self.database_dir = database_dir  # a database spec (conformance/database.py)
+        self.database_dir = database_dir  # a database spec (conformance/runner/database.py)
         self.first_failure: dict[str, Any] | None = None
         self.t0 = time.perf_counter()
         self.outcomes: list[Outcome] = []
@@ -515,7 +510,7 @@ class Search:
 
 
 def _database(spec: str | None):
-    from . import database
+    from .runner import database
 
     return database.build(spec)
 

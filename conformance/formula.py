@@ -16,12 +16,13 @@ or MemoryError, and every literal is a finite float64.
 from __future__ import annotations
 
 import ast
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
+
+from .diagnostics import close_matches
 
 #: The class axis of the canonical layout, written ``axis=classes`` in formulas.
 CLASSES = "classes"
@@ -258,7 +259,7 @@ def _check_depth(tree: ast.AST, src: str, where: str) -> None:
 
 
 def _suggest(name: str, options) -> str:
-    close = difflib.get_close_matches(name, sorted(options), n=1)
+    close = close_matches(name, sorted(options))
     return f"; did you mean '{close[0]}'?" if close else ""
 
 

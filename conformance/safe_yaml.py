@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from .diagnostics import UserError
+
 MAX_BYTES = 512_000
 MAX_DEPTH = 64
 MAX_ALIASES = 100
@@ -35,14 +37,13 @@ class YamlLimitError(yaml.MarkedYAMLError):
     """A document over one of the loader's limits; ``problem_mark`` is where it went over."""
 
 
-class YamlFileError(Exception):
+class YamlFileError(UserError):
     """A YAML file that cannot be used: ``file``, 1-based ``line``/``col`` (or None), ``problem``
-    and a ``fix``; ``str()`` is the one-line message for a user."""
+    and a ``fix``; ``str()`` is the message for a user (conformance/diagnostics.py)."""
 
     def __init__(self, file: str, line: int | None, col: int | None, problem: str, fix: str = ""):
-        self.file, self.line, self.col, self.problem, self.fix = file, line, col, problem, fix
-        loc = file + (f":{line}" if line else "") + (f":{col}" if line and col else "")
-        super().__init__(f"{loc}: {problem}" + (f"; fix: {fix}" if fix else ""))
+        self.problem = problem
+        super().__init__(problem, file, line, col, fix)
 
 
 class _Bounds:

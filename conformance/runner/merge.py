@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..diagnostics import UserError
 from . import results as resultsmod
 
 #: What must be equal in every merged file: (where, label).
@@ -20,7 +21,7 @@ _SAME = ((("spec", "sha256"), "spec (sha256)"), (("run", "seed"), "seed"), (("ru
          (("run", "derandomize"), "--ci"), (("run", "versions", "ce-conformance"), "suite version"))
 
 
-class MergeError(ValueError):
+class MergeError(UserError, ValueError):
     """Files that cannot be merged into one run (exit 2 in the CLI)."""
 
 

@@ -11,18 +11,18 @@ from __future__ import annotations
 import glob
 import os
 import re
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from . import spec_consistency
-from .formula import CONSTANTS, FUNCTIONS
-from .spec import INPUT_NAMES, Formula, Spec, SpecError, load
+from .. import spec_consistency
+from ..formula import CONSTANTS, FUNCTIONS
+from ..spec import INPUT_NAMES, Formula, Spec, SpecError, load
 
 #: Exit status for a spec that cannot be used (the CLI's usage-error code).
 EXIT_BAD_SPEC = 2
