@@ -50,9 +50,9 @@ class _Bounds:
     """Composer hooks that count depth, aliases and the expanded size as the nodes are made
     (the composition is always PyYAML's Python code, so these hooks always apply)."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream: Any = None) -> None:
         if stream is not None:
-            super().__init__(stream)
+            super().__init__(stream)  # type: ignore[call-arg]  # the loader after this mixin takes it
         self._depth = 0
         self._aliases = 0
         self._size: dict[int, int] = {}   # id(node) -> values it stands for, aliases expanded
@@ -127,10 +127,10 @@ try:  # libyaml's parser (events) under the Python composer: about 4 times faste
             yaml.composer.Composer.__init__(self)
             _Bounds.__init__(self)
 except ImportError:  # PyYAML built without libyaml
-    _FastLoader = _PyLoader
+    _FastLoader = _PyLoader  # type: ignore[misc, assignment]  # the same interface, slower
 
-for _cls in {_PyLoader, _FastLoader}:
-    _cls.add_constructor("tag:yaml.org,2002:int", _Bounds.construct_yaml_int)
+for _cls in (_PyLoader, _FastLoader):
+    _cls.add_constructor("tag:yaml.org,2002:int", _Bounds.construct_yaml_int)  # type: ignore[type-var]  # a mixin method
 
 
 def _fix(problem: str) -> str:

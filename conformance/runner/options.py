@@ -119,8 +119,9 @@ def plugin_args(values: argparse.Namespace, *, skip: Sequence[str] = ()) -> list
         if o.dest in skip:
             continue
         value = getattr(values, o.dest)
+        flag = str(o.pytest_flag)  # SHARED holds only options that have one
         if o.action == "store_true":
-            out += [o.pytest_flag] if value else []
+            out += [flag] if value else []
         elif o.action == "append":
             out += [f"{o.pytest_flag}={v}" for v in value or ()]
         elif value is not None and value != o.default:

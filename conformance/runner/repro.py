@@ -117,7 +117,7 @@ def rebuild_case(fileobj, options: dict[str, Any]):
 
     return Case(x=arrays["input"], target=arrays["target"], weight=arrays.get("weight"),
                 upstream=arrays.get("upstream"), reduction=options.get("reduction") or "mean",
-                ignore_index=int(options.get("ignore_index") if options.get("ignore_index") is not None else -100),
+                ignore_index=int(options["ignore_index"]) if options.get("ignore_index") is not None else -100,
                 label_smoothing=float(fix(options.get("label_smoothing") or 0.0)), legacy=options.get("legacy"),
                 purpose=options.get("purpose") or "")
 

@@ -136,7 +136,7 @@ def load(path: str | Path) -> dict[str, Any]:
 
 def _check_body(doc: dict[str, Any], p: Path) -> None:
     """The structure every reader of a results file relies on, checked once here."""
-    stack = [(doc, 0)]
+    stack: list[tuple[Any, int]] = [(doc, 0)]
     while stack:
         value, depth = stack.pop()
         if depth > MAX_RESULTS_DEPTH:

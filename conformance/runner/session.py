@@ -159,7 +159,7 @@ def load_known(paths: list[str]) -> list[dict[str, Any]]:
     named by the loaded adapters' configs are added (their entries default to that adapter)."""
     entries: list[dict[str, Any]] = []
     seen = {str(Path(p).resolve()) for p in paths}
-    sources = [(p, None) for p in paths]
+    sources: list[tuple[str, str | None]] = [(p, None) for p in paths]
     sources += [(p, name) for p, name in _ADAPTER_KNOWN if str(Path(p).resolve()) not in seen]
     for p, default_adapter in sources:
         entries += _load_known_file(p, default_adapter)
@@ -330,10 +330,10 @@ def finish_run(options, setup: RunSetup, run: RunSession, *, interrupted: bool) 
     return path
 
 
-def _entries_used(results: list[dict[str, Any]]) -> set[tuple[str, int]]:
+def _entries_used(results: list[dict[str, Any]]) -> set[tuple[Any, Any]]:
     """(file, index) of every known entry that accepted a failure or was reported fixed, read
     from the results themselves (under xdist the entries were applied in other processes)."""
-    used = set()
+    used: set[tuple[Any, Any]] = set()
     for r in results:
         for f in r.get("failures") or []:
             acc = f.get("accepted_by") or {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 
@@ -79,8 +79,10 @@ def _expand(paths: Iterable[str]) -> list[tuple[str, SpecError | None]]:
                                                                 "pass spec files, e.g. specs/*.yaml"))]
         else:
             out.append((p, None))
-    seen: set[str] = set()
-    return [(f, e) for f, e in out if not (f in seen or seen.add(f))]
+    unique: dict[str, SpecError | None] = {}
+    for f, e in out:
+        unique.setdefault(f, e)  # first mention wins, order kept
+    return list(unique.items())
 
 
 def validate(paths: list[str], console: Console | None = None, *, err_console: Console | None = None) -> int:
@@ -132,7 +134,7 @@ def formula_text(source: str, bound: Iterable[str] = ()) -> Text:
     return text
 
 
-def _formulas(out: Console, title: str, formulas: dict[str, Formula | str], bound: Iterable[str], indent: int) -> None:
+def _formulas(out: Console, title: str, formulas: Mapping[str, Formula | str], bound: Iterable[str], indent: int) -> None:
     """Aligned ``name = formula`` lines; never wrapped, so each formula stays on one line."""
     if not formulas:
         return

@@ -146,14 +146,15 @@ class AdapterWorker:
         self.last_returncode = p.returncode
         for s in (p.stdin, p.stdout):
             try:
-                s.close()
+                if s is not None:
+                    s.close()
             except OSError:
                 pass
 
     def close(self) -> None:
         """Ask the worker to exit, then make sure it has."""
         p = self.proc
-        if p is not None and p.poll() is None:
+        if p is not None and p.poll() is None and p.stdin is not None:
             try:
                 p.stdin.write(b'{"op": "exit"}\n')
                 p.stdin.flush()
@@ -165,7 +166,7 @@ class AdapterWorker:
     # ------------------------------------------------------------------ protocol
     def _call(self, request: dict[str, Any], *, what: str, timeout: float | None = None) -> dict[str, Any]:
         p = self.proc
-        assert p is not None
+        assert p is not None and p.stdin is not None and p.stdout is not None  # started with both pipes
         try:
             p.stdin.write((json.dumps(request) + "\n").encode())
             p.stdin.flush()
@@ -314,7 +315,7 @@ class _StateGuard:
 
     def reset(self) -> None:
         """The defaults, before each check."""
-        self.np.seterr(**_NP_DEFAULTS)
+        self.np.seterr(**_NP_DEFAULTS)  # type: ignore[arg-type]  # the values np.geterr() gave
         self.np.seterrcall(None)
         os.chdir(self.cwd)
         torch = sys.modules.get("torch")
@@ -423,11 +424,11 @@ def _serve(proto_in, proto_out) -> int:
             r = error_result(adapter.name, check, "")
             r.duration_s = round(time.perf_counter() - t0, 3)
         if guard.base_exception is not None:
-            exc, tb = guard.base_exception
+            raised, tb = guard.base_exception
             verdict = "" if r.status == "error" and not r.message else (
                 f" (the check's own verdict was {r.status}" + (f": {r.message[:300]})" if r.message else ")"))
             r.status = "error"
-            r.message = (f"the adapter raised {type(exc).__name__}" + (f"({exc})" if str(exc) else "")
+            r.message = (f"the adapter raised {type(raised).__name__}" + (f"({raised})" if str(raised) else "")
                          + " (a BaseException, not an Exception) during the check" + verdict)
             r.failure = {"traceback": tb}
         left = sorted(t.name for t in _non_daemon_threads() - threads_before)
