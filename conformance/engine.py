@@ -98,7 +98,7 @@ def case_inputs_npz(case) -> bytes:
         else:
             arrays[name] = a
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # names -> arrays, as documented
     return buf.getvalue()
 
 
@@ -283,7 +283,9 @@ class Search:
         """Run ``body(draw)`` under Hypothesis; its database key and seed are the check's own."""
         def inner(data):
             body(data.draw)
-        inner._hypothesis_internal_add_digest = f"{self.ctx.adapter.name}::{self.check.id}::{salt}".encode()
+        # Hypothesis keys its example database by the test function; one function serves every
+        # search here, so each gets its own key through Hypothesis's internal digest hook
+        inner.__dict__["_hypothesis_internal_add_digest"] = f"{self.ctx.adapter.name}::{self.check.id}::{salt}".encode()
         test = given(st.data())(inner)
         if self.seed is not None:
             test = hyp_seed(_mix(self.seed, self.check.id, salt))(test)
@@ -483,7 +485,7 @@ class Search:
             rec = records[0]
             res.status = "known"
             res.message = str(primary)
-            res.known = dict(rec.matched)
+            res.known = dict(rec.matched or {})
 
     def _flaky(self, res: CheckResult, exc: Exception) -> None:
         """The same input answered differently: a verdict on the implementation."""
@@ -496,6 +498,7 @@ class Search:
         again = _answer_again(self.ctx, self.check, f.case)
         res.message = (f"the same input gave two different answers: first {f.verdict.actual!r} "
                        f"({f.verdict.message}); again: {again}")
+        assert res.failure is not None  # _fill_failure set it
         res.failure["answers"] = [f.verdict.actual, again]
 
     # ------------------------------------------------------------------ coverage
@@ -633,13 +636,13 @@ def _summarise(res: CheckResult, outcomes: list[Outcome]) -> None:
         for k, v in o.case.features().items():
             cov.setdefault(k, Counter())[v] += 1
         dt = o.case.dtype
-        for v in o.verdicts:
-            if v.ulps:
-                acc.setdefault(dt, []).extend(v.ulps[:16])
-                rat.setdefault(dt, []).extend(v.ratios[:16])
-                r = max(v.ratios) if v.ratios else 0.0
-                worst.append((r, {"dtype": dt, "what": v.what, "error_ulps": v.max_error_ulps,
-                                  "bound_ulps": v.bound_ulps, "ratio": r, "case": o.case.describe(small=8)}))
+        for verdict in o.verdicts:
+            if verdict.ulps:
+                acc.setdefault(dt, []).extend(verdict.ulps[:16])
+                rat.setdefault(dt, []).extend(verdict.ratios[:16])
+                r = max(verdict.ratios) if verdict.ratios else 0.0
+                worst.append((r, {"dtype": dt, "what": verdict.what, "error_ulps": verdict.max_error_ulps,
+                                  "bound_ulps": verdict.bound_ulps, "ratio": r, "case": o.case.describe(small=8)}))
         if o.variant_used:
             variants.add(o.variant_used)
     res.coverage = {k: dict(c) for k, c in cov.items()}

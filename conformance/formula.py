@@ -306,6 +306,7 @@ def _check(node: ast.AST, src: str, where: str, known: set[str], names: set[str]
     if isinstance(node, ast.Call):
         if not isinstance(node.func, ast.Name):
             fail("only plain function calls such as sum(...) are allowed")
+        assert isinstance(node.func, ast.Name)  # fail() raised otherwise
         fname = node.func.id
         if fname not in FUNCTIONS:
             fail(f"unknown function '{fname}'{_suggest(fname, FUNCTIONS)}; "
@@ -328,7 +329,7 @@ def _compile(node: ast.AST, formula: Formula) -> Callable[[Mapping[str, Any]], A
     """The checked tree as nested closures, built once per formula: the oracle evaluates the
     same few formulas for every example, and walking the tree each time was a tenth of a run."""
     if isinstance(node, ast.Constant):
-        value = np.float64(node.value)
+        value = np.float64(node.value)  # type: ignore[arg-type]  # _check allowed numbers only
         return lambda env: value
     if isinstance(node, ast.Name):
         name = node.id
@@ -365,6 +366,6 @@ def _compile(node: ast.AST, formula: Formula) -> Callable[[Mapping[str, Any]], A
     if isinstance(node, ast.Call):
         fn = FUNCTIONS[node.func.id]  # type: ignore[attr-defined]  # checked by _check: a plain name
         args = [_compile(a, formula) for a in node.args]
-        kwargs = [(kw.arg, _compile(kw.value, formula)) for kw in node.keywords]
+        kwargs = [(str(kw.arg), _compile(kw.value, formula)) for kw in node.keywords]  # axis= only
         return lambda env: fn(*[a(env) for a in args], **{k: v(env) for k, v in kwargs})
     raise FormulaError(f"{type(node).__name__} cannot be evaluated", source=formula.source, where=formula.where)
