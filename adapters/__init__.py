@@ -18,15 +18,20 @@ framework or device is missing says why through ``unavailable()``.
 """
 from __future__ import annotations
 
-import difflib
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
-from conformance.adapters.base import Adapter
+from conformance.adapters.base import Adapter, AdapterError
 from conformance.adapters.jax_adapter import JaxCallableAdapter, jax_cpu, jax_gpu
 from conformance.adapters.numpy_ref import NumpyAdapter, NumpyCallableAdapter
-from conformance.adapters.torch_adapter import (ModuleClassAdapter, TorchFunctionAdapter,
-                                                torch_cpu, torch_cuda, torch_module_cpu)
+from conformance.adapters.torch_adapter import (
+    ModuleClassAdapter,
+    TorchFunctionAdapter,
+    torch_cpu,
+    torch_cuda,
+    torch_module_cpu,
+)
+from conformance.diagnostics import did_you_mean
 
 BUILTINS: dict[str, Callable[[], Adapter]] = {
     "numpy": NumpyAdapter,
@@ -43,10 +48,6 @@ _SYNTAX = ("a builtin name, 'pkg.module:attr' (a torch function, an nn.Module cl
            "'path/to/adapter.yaml'")
 
 
-class AdapterError(ValueError):
-    """An adapter spec that cannot be resolved; the message says how to fix it."""
-
-
 def _load(spec: str, target: str):
     modname, _, attr = target.partition(":")
     if not modname or not attr:
@@ -60,8 +61,7 @@ def _load(spec: str, target: str):
     for i, part in enumerate(attr.split(".")):
         if not hasattr(obj, part):
             here = modname + (":" + ".".join(attr.split(".")[:i]) if i else "")
-            close = difflib.get_close_matches(part, [n for n in dir(obj) if not n.startswith("_")], n=3)
-            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+            hint = did_you_mean(part, [n for n in dir(obj) if not n.startswith("_")], n=3)
             raise AdapterError(f"adapter {spec!r}: {here} has no attribute {part!r}{hint}; fix: name an "
                                f"attribute that the module defines")
         obj = getattr(obj, part)
@@ -85,7 +85,7 @@ def resolve(spec: str) -> Adapter:
     absolute path): reproduction scripts and isolated child processes resolve that."""
     adapter = _resolve(spec)
     try:
-        adapter.source = getattr(adapter, "config_file", None) or spec
+        adapter.source = adapter.config_file or spec
     except AttributeError:  # an adapter with __slots__: the scripts fall back to its name
         pass
     return adapter
@@ -99,7 +99,7 @@ def _resolve(spec: str) -> Adapter:
         if not Path(spec).is_file():
             raise AdapterError(f"adapter config file {spec!r} does not exist; fix: check the path "
                                f"(relative to the current folder {str(Path.cwd())!r})")
-        return adapter_from_config(spec)
+        return adapter_from_config(spec, resolve)
     if spec in BUILTINS:
         return BUILTINS[spec]()
     prefix, _, rest = spec.partition(":")
@@ -109,8 +109,7 @@ def _resolve(spec: str) -> Adapter:
             raise AdapterError(f"adapter {spec!r}: {rest} is not callable; fix: name a function")
         return (JaxCallableAdapter if prefix == "jax" else NumpyCallableAdapter)(obj, name=spec)
     if ":" not in spec:
-        close = difflib.get_close_matches(spec, list(BUILTINS), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = did_you_mean(spec, BUILTINS, prefix="", suffix=" ")
         raise AdapterError(f"unknown adapter {spec!r}; {hint}builtins: {', '.join(BUILTINS)}; "
                            f"fix: give {_SYNTAX}")
     obj = _load(spec, spec)

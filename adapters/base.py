@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from conformance.case import Case
+from conformance.diagnostics import UserError
 
 ALL_FEATURES = frozenset({
     "index_target", "probability_target", "weight", "ignore_index", "label_smoothing",
@@ -76,6 +77,10 @@ class Capabilities:
         return None
 
 
+class AdapterError(UserError, ValueError):
+    """An adapter spec that cannot be resolved; the message says how to fix it."""
+
+
 class InputsMutated(AssertionError):
     """The implementation wrote into one of its inputs."""
 
@@ -110,6 +115,20 @@ class Adapter:
     framework: str = "unknown"
     device: str = "cpu"
     capabilities: Capabilities = Capabilities()
+    #: How to build this adapter again in another process (worker processes, isolated checks,
+    #: reproduction scripts): what ``resolve()`` was given, a config file's absolute path.
+    #: None: it cannot be rebuilt, so its checks run in the calling process.
+    source: str | None = None
+    #: The adapter config file it came from (conformance/adapter_config.py), else None.
+    config_file: str | None = None
+    #: Known-divergence files its config names (``known:``), added to the run's own.
+    known_files: tuple[str, ...] = ()
+    #: Check kinds that must each run in a fresh process (conformance/runner/isolation.py):
+    #: ``("error",)`` where invalid input can end the process (a CUDA device-side assert).
+    isolate_kinds: tuple[str, ...] = ()
+    #: The built-in adapter that runs the same implementation on the CPU, for the
+    #: cross-device agreement check; None for a CPU adapter.
+    cpu_twin: str | None = None
 
     def unavailable(self) -> str | None:
         """A reason this adapter cannot run here (framework missing, no GPU), or None."""
@@ -117,7 +136,8 @@ class Adapter:
 
     def call(self, case: Case, *, gradient: bool = False) -> Result:
         """Run the implementation on ``case``; with ``gradient`` also differentiate
-        (the upstream gradient is ``case.upstream``, shaped like the output, whatever the reduction; 1 when it is None)."""
+        (the upstream gradient is ``case.upstream``, shaped like the output, whatever the
+        reduction; 1 when it is None)."""
         raise NotImplementedError
 
     # Optional: forward and backward as two steps (Capabilities.extras holds

@@ -71,7 +71,7 @@ def configure_jax() -> bool:
         return False
     jax.config.update("jax_enable_x64", True)
     try:  # the disk cache only saves time: any failure here is harmless
-        if not jax.config.jax_compilation_cache_dir:
+        if not jax.config.jax_compilation_cache_dir:  # type: ignore[attr-defined]  # a config flag
             path = _cache_dir()
             if path is None or importlib.util.find_spec("filelock") is None:
                 return True
@@ -429,7 +429,7 @@ class JaxCallableAdapter(Adapter):
                 primals = (x, target) if prob else (x,)
                 f = (lambda a, b: self.fn(a, b, **kw)) if prob else (lambda a: self.fn(a, target, **kw))
                 out, vjp = jax.vjp(f, *primals)
-                g = (put(np.asarray(case.upstream).reshape(out.shape)).astype(out.dtype)
+                g = (jax.device_put(np.asarray(case.upstream).reshape(out.shape), dev).astype(out.dtype)
                      if case.upstream is not None else jax.numpy.ones_like(out))
                 got = vjp(g)
                 grads = dict(zip(("input", "target"), (np.asarray(v) for v in got)))

@@ -127,7 +127,7 @@ class TorchFunctionAdapter(Adapter):
     #: Error clauses that must never be sent: on CUDA an out-of-range target fires a
     #: device-side assert that poisons the CUDA context for the rest of the process.
     fatal_errors: frozenset[str] = frozenset()
-    #: Check kinds the engine runs in a child process (conformance.isolation): on CUDA an
+    #: Check kinds the engine runs in a child process (conformance.runner.isolation): on CUDA an
     #: out-of-range class index trips a device-side assert that poisons the context.
     isolate_kinds: tuple[str, ...] = ()
 

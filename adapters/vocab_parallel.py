@@ -136,8 +136,8 @@ class VocabParallelCrossEntropy:
         sizes[rank] = Vr
         packed = torch.cat([local_max.reshape(-1), sizes])
         dist.all_reduce(packed, op=dist.ReduceOp.MAX, group=group)
-        sizes = [int(s) for s in packed[-R:].tolist()]
-        V, start = sum(sizes), sum(sizes[:rank])
+        widths = [int(s) for s in packed[-R:].tolist()]
+        V, start = sum(widths), sum(widths[:rank])
         target = target.to(torch.int64)
         valid = target != ignore_index
         valid = self.check_targets(target, valid, V)
@@ -322,8 +322,9 @@ class VocabParallelAdapter(Adapter):
             raise ValueError(f"world_size must be a positive integer, got {value!r}")
         self._world_size = value
         self.capabilities = replace(self.capabilities, world_size=value)
-        if getattr(self, "_pool", None) is not None and self._pool.world_size != value:
-            self._pool.close()
+        pool = getattr(self, "_pool", None)
+        if pool is not None and pool.world_size != value:
+            pool.close()
             self._pool = None
 
     def __copy__(self):

@@ -29,18 +29,16 @@ Every error names the file and line and says how to fix it (unknown keys get a d
 from __future__ import annotations
 
 import copy
-import difflib
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from conformance import safe_yaml
-from conformance.adapters import AdapterError
-from conformance.adapters.base import ALL_FEATURES, Adapter
+from conformance.adapters.base import ALL_FEATURES, Adapter, AdapterError
+from conformance.diagnostics import YamlLocator, did_you_mean
 
 KEYS = ("name", "import", "device", "unsupported", "dtypes", "ranks", "variants", "raises_on_invalid",
         "max_classes", "known", "world_size", "form")
@@ -53,8 +51,7 @@ class AdapterConfigError(AdapterError):
     """A config file that cannot be used; the message names file:line and the fix."""
 
     def __init__(self, file: str, line: int | None, message: str, fix: str = ""):
-        self.file, self.line, self.message, self.fix = file, line, message, fix
-        super().__init__(f"{file}{f':{line}' if line else ''}: {message}" + (f"; fix: {fix}" if fix else ""))
+        super().__init__(message, file, line, None, fix)
 
 
 def is_config_name(spec: str) -> bool:
@@ -62,35 +59,15 @@ def is_config_name(spec: str) -> bool:
 
 
 # --------------------------------------------------------------------------- YAML with lines
-def load_with_lines(path: str | Path, *, what: str) -> tuple[Any, dict[tuple, int]]:
-    """The document at ``path`` and the 1-based line of every key/item, keyed by its path
-    (tuple of keys and list indices; the key itself for mappings). Read with the bounded
-    loader of :mod:`conformance.safe_yaml`, as specs are; known-divergence files use it too."""
+def load_with_lines(path: str | Path, *, what: str) -> tuple[Any, YamlLocator]:
+    """The document at ``path`` and where each of its values is (``where.line(path)``: the
+    1-based line of a key or list item). Read with the bounded loader of
+    :mod:`conformance.safe_yaml`, as specs are; known-divergence files use it too."""
     try:
         doc, node = safe_yaml.load_file(path, what=what)  # bounded: aliases, depth, size
     except safe_yaml.YamlFileError as exc:
         raise AdapterConfigError(str(path), exc.line, exc.problem, exc.fix) from None
-    lines: dict[tuple, int] = {}
-
-    def walk(n, at: tuple):
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                key = k.value
-                lines[at + (key,)] = k.start_mark.line + 1
-                walk(v, at + (key,))
-        elif isinstance(n, yaml.SequenceNode):
-            for i, v in enumerate(n.value):
-                lines[at + (i,)] = v.start_mark.line + 1
-                walk(v, at + (i,))
-
-    if node is not None:
-        walk(node, ())
-    return doc, lines
-
-
-def did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return doc, YamlLocator(node)
 
 
 # --------------------------------------------------------------------------- the config
@@ -104,14 +81,14 @@ def _spec_vocabulary():
 def load_config(path: str | Path) -> dict[str, Any]:
     """Validate an adapter config and return it with ``known`` made absolute."""
     f = str(path)
-    doc, lines = load_with_lines(path, what="adapter config")
+    doc, where = load_with_lines(path, what="adapter config")
     if not isinstance(doc, dict):
         raise AdapterConfigError(f, 1, "an adapter config is a mapping with at least an 'import' key",
                                  "see docs/gating.md, e.g. 'import: mypkg.losses:cross_entropy'")
 
     def err(key, message, fix, *, index=None):
         at = (key,) if index is None else (key, index)
-        return AdapterConfigError(f, lines.get(at, lines.get((key,))), message, fix)
+        return AdapterConfigError(f, where.line(at), message, fix)
 
     for k in doc:
         if k not in KEYS:
@@ -126,7 +103,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise err("import", f"'import' names another config file ({imp})",
                   "name the implementation itself ('pkg.module:attr' or a builtin)")
     out: dict[str, Any] = {"file": str(Path(path).resolve()), "import": imp.strip(),
-                           "import_line": lines.get(("import",))}
+                           "import_line": where.line(("import",))}
 
     name = doc.get("name", Path(path).stem)
     if not isinstance(name, str) or not _NAME.match(name):
@@ -196,21 +173,21 @@ def load_config(path: str | Path) -> dict[str, Any]:
         if not isinstance(ws, int) or isinstance(ws, bool) or not 1 <= ws <= 64:
             raise err("world_size", f"'world_size' must be an integer from 1 to 64 (got {ws!r})",
                       "write e.g. 'world_size: 2'")
-        out["world_size"], out["world_size_line"] = ws, lines.get(("world_size",))
+        out["world_size"], out["world_size_line"] = ws, where.line(("world_size",))
     if "form" in doc:
-        out["form"] = _form(doc["form"], lines, err, f)
+        out["form"] = _form(doc["form"], where, err, f)
     return out
 
 
 FORM_KEYS = ("args", "layout", "options", "returns", "fixed")
 
 
-def _form(d, lines, err, f):
+def _form(d, where: YamlLocator, err, f):
     """The ``form:`` mapping checked key by key (so each error has its own line), as a CallForm."""
     from conformance.adapters.llm import ARGS, LAYOUTS, OPTIONS, CallForm
 
     def at(*path, message, fix):
-        line = lines.get(("form",) + path) or lines.get(("form",) + path[:1]) or lines.get(("form",))
+        line = where.line(("form",) + path)
         return AdapterConfigError(f, line, message, fix)
 
     if not isinstance(d, dict):
@@ -304,10 +281,10 @@ def _llm_adapter(base: Adapter, cfg: dict, path) -> Adapter:
     return LlmTorchAdapter(fn, cfg["name"], cfg["form"], device=cfg.get("device", "cpu"))
 
 
-def adapter_from_config(path: str | Path) -> Adapter:
-    """The adapter a config file describes (its capabilities adjusted as declared)."""
-    from conformance.adapters import resolve
-
+def adapter_from_config(path: str | Path, resolve: Callable[[str], Adapter]) -> Adapter:
+    """The adapter a config file describes (its capabilities adjusted as declared); ``import:``
+    is resolved with ``resolve`` (conformance.adapters.resolve, which calls this for a config
+    file: passed in, so that neither module imports the other)."""
     cfg = load_config(path)
     folder = str(Path(cfg["file"]).parent)
     if folder not in sys.path:
@@ -347,5 +324,5 @@ def adapter_from_config(path: str | Path) -> Adapter:
                                      "conformance.adapters.vocab_parallel adapter")
         a.world_size = cfg["world_size"]
     a.config_file = cfg["file"]
-    a.known_files = [cfg["known"]] if "known" in cfg else []
+    a.known_files = (cfg["known"],) if "known" in cfg else ()
     return a

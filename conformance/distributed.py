@@ -71,7 +71,7 @@ class RankPool:
         self.start_timeout, self.device = start_timeout, device
         self.generation = 0  # how many groups this pool has started
         self._procs: list[subprocess.Popen] = []
-        self._conns: list[Connection] = []
+        self._conns: list[_Duplex] = []
         self._dir: str | None = None
         self._sent_path: list[str] = []
 
@@ -184,7 +184,7 @@ class RankPool:
         """One answer per rank within ``timeout`` seconds, or :class:`RankFailure`."""
         deadline = time.monotonic() + timeout
         answers: dict[int, tuple] = {}
-        pending = {c.inp: r for r, c in enumerate(self._conns)}
+        pending: dict[Any, int] = {c.inp: r for r, c in enumerate(self._conns)}
         while pending:
             left = deadline - time.monotonic()
             ready = wait(list(pending), timeout=max(0.0, left)) if left > 0 else []
@@ -193,6 +193,7 @@ class RankPool:
                 self._fail(f"rank{'s' if len(late) > 1 else ''} {', '.join(map(str, late))} did not {what} "
                            f"within {timeout:g} s (hung)")
             for conn in ready:
+                assert isinstance(conn, Connection)  # wait() hands back what it was given
                 r = pending.pop(conn)
                 try:
                     answers[r] = conn.recv()

@@ -22,7 +22,7 @@ import numpy as np
 from hypothesis import HealthCheck, Phase, given, reject, settings
 from hypothesis import seed as hyp_seed
 from hypothesis import strategies as st
-from hypothesis.errors import FlakyFailure, Unsatisfiable
+from hypothesis.errors import FlakyFailure, FlakyStrategyDefinition, Unsatisfiable
 
 from . import bias, covering
 from . import strategies as strat
@@ -98,27 +98,22 @@ def case_inputs_npz(case) -> bytes:
         else:
             arrays[name] = a
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # names -> arrays, as documented
     return buf.getvalue()
 
 
 def run_check(ctx: Context, check: Check, *, seed: int | None = None, derandomize: bool = False,
-              database: str | None = None, database_dir: str | None = None, isolate: bool = True,
+              database: str | None = None, database_dir: str | None = None,
               gate: FailureFilter | None = None) -> CheckResult:
     """Run ``check`` for ``ctx.adapter`` and return its result; never raises for adapter faults.
 
-    ``database`` is a database spec (conformance/database.py: a folder, ``redis://...``,
+    ``database`` is a database spec (conformance/runner/database.py: a folder, ``redis://...``,
     ``github:OWNER/REPO``, entries joined by ``;``); ``database_dir`` is its older name.
 
     ``gate`` holds the known divergences and the baseline: a failing example they accept is
     recorded and the search goes on, so that it cannot hide a new failure (conformance/gate.py).
-    Check kinds the adapter lists in ``isolate_kinds`` run in a child process
-    (:mod:`conformance.isolation`), so that a crash or a poisoned CUDA context stays there."""
-    if isolate and check.kind in getattr(ctx.adapter, "isolate_kinds", ()):
-        from .isolation import run_isolated
-        return run_isolated(getattr(ctx.adapter, "source", ctx.adapter.name), check, profile=ctx.profile,
-                            seed=seed, spec_file=ctx.spec.file, name=ctx.adapter.name, derandomize=derandomize,
-                            database_dir=database or database_dir, gate_json=gate.to_json() if gate is not None else None)
+    Here, in this process: ``conformance.runner.isolation.run_check`` sends the kinds an adapter
+    lists in ``isolate_kinds`` to a child process first."""
     res = CheckResult(ctx.adapter.name, check.id, check.kind, check.clause, check.description, "passed",
                       severity=check.severity)
     why = _not_supported(ctx, check)
@@ -189,6 +184,17 @@ MAX_RECORDS, MAX_EXAMPLES = 24, 6
 MAX_PROBES = 3
 #: How many known entries (or the baseline) get a shrink search of their own in one check.
 SHRINK_ACCEPTED = 1
+#: Examples a shrink search of an accepted failure may try after it found the failure: a
+#: known divergence's counterexample only illustrates its entry, and an unbounded shrink of
+#: it was a fifth of the default run. New failures are shrunk without a bound.
+SHRINK_BUDGET_ACCEPTED = 60
+
+
+class _ShrinkBudget(BaseException):
+    """Ends a bounded shrink search: a BaseException, so Hypothesis lets it through (it
+    would take an Exception for a failure of its own); the smallest failure so far stands.
+    Hypothesis may report the cut-short example as inconsistent data generation on its way
+    out (FlakyStrategyDefinition, with this exception as its context): that is this stop too."""
 
 
 class Search:
@@ -201,7 +207,7 @@ class Search:
         self.derandomize = derandomize
         # An explicit seed for every search of this check: the pinned searches replay it.
         self.seed = seed if seed is not None or derandomize else random.SystemRandom().randrange(2**32)
-        self.database_dir = database_dir  # a database spec (conformance/database.py)
+        self.database_dir = database_dir  # a database spec (conformance/runner/database.py)
         self.first_failure: dict[str, Any] | None = None
         self.t0 = time.perf_counter()
         self.outcomes: list[Outcome] = []
@@ -213,11 +219,18 @@ class Search:
         self.rows: list[dict[str, str]] = []
         self.domains: dict[str, list[str]] = {}
         self.strength = covering.STRENGTH.get(ctx.profile, 3)
+        #: Examples left to a bounded shrink search once it has found its failure (None: no bound).
+        self.shrink_left: int | None = None
+        self.shrink_budget: int | None = None
 
     # ------------------------------------------------------------------ one example
     def _example(self, draw, raise_for) -> None:
         if self.aborted is not None:
             raise _Aborted()
+        if self.shrink_left is not None:
+            if self.shrink_left <= 0:
+                raise _ShrinkBudget()
+            self.shrink_left -= 1
         self.tried += 1
         try:
             with _adapter_interrupts() as interrupted:
@@ -229,6 +242,8 @@ class Search:
             self.outcomes.append(Outcome(f.case, []))
             if raise_for(rec):
                 self.last_raised = f
+                if self.shrink_budget is not None and self.shrink_left is None:
+                    self.shrink_left = self.shrink_budget
                 raise
             return
         except (KeyboardInterrupt, SystemExit, GeneratorExit) as exc:
@@ -269,7 +284,9 @@ class Search:
         """Run ``body(draw)`` under Hypothesis; its database key and seed are the check's own."""
         def inner(data):
             body(data.draw)
-        inner._hypothesis_internal_add_digest = f"{self.ctx.adapter.name}::{self.check.id}::{salt}".encode()
+        # Hypothesis keys its example database by the test function; one function serves every
+        # search here, so each gets its own key through Hypothesis's internal digest hook
+        inner.__dict__["_hypothesis_internal_add_digest"] = f"{self.ctx.adapter.name}::{self.check.id}::{salt}".encode()
         test = given(st.data())(inner)
         if self.seed is not None:
             test = hyp_seed(_mix(self.seed, self.check.id, salt))(test)
@@ -329,7 +346,7 @@ class Search:
                 by_acceptor.setdefault((rec.matched.get("file"), rec.matched.get("index")), rec)
         for rec in list(by_acceptor.values())[:SHRINK_ACCEPTED]:
             if rec.shrunk is None:
-                rec.shrunk = self._shrink(rec, lambda r, target=rec: r is target)
+                rec.shrunk = self._shrink(rec, lambda r, target=rec: r is target, budget=SHRINK_BUDGET_ACCEPTED)
         self._probe_patterns()
         self._conclude(res, main_failure)
 
@@ -419,25 +436,32 @@ class Search:
             finally:
                 self.ctx.pins = {}
 
-    def _shrink(self, rec: FailureRecord, raise_for) -> CheckFailure | None:
+    def _shrink(self, rec: FailureRecord, raise_for, budget: int | None = None) -> CheckFailure | None:
         """A search pinned to the record's option classes that raises only for ``raise_for``:
-        Hypothesis finds the failure again and shrinks it without leaving its signature."""
+        Hypothesis finds the failure again and shrinks it without leaving its signature; with
+        a ``budget``, for at most that many examples after finding it."""
         pins = {k: v for k, v in rec.signature.items() if k in OPTION_CLASSES and v in OPTION_CLASSES[k]}
         if self.check.kind == "error":
             pins = {k: v for k, v in pins.items() if k in ("dtype", "target", "rank")}
         pins.pop("regime", None) if pins.get("regime") == "nonfinite" else None
         for attempt in (pins, {}):
             self.ctx.pins = dict(attempt)
+            self.shrink_budget, self.shrink_left, self.last_raised = budget, None, None
             try:
                 self._hypothesis(lambda draw: self._example(draw, raise_for),
                                  max_examples=self.check.max_examples[self.ctx.profile],
                                  phases=[Phase.generate, Phase.shrink], salt="shrink:" + rec.key)
             except CheckFailure as f:
                 return f
+            except (_ShrinkBudget, FlakyStrategyDefinition):
+                if self.shrink_left != 0:
+                    raise  # a real inconsistency, not this search's stop
+                return self.last_raised  # the smallest failing example the shrinker reached
             except (Unsatisfiable, strat.NothingToDraw, NotSupported, FlakyFailure):
                 pass
             finally:
                 self.ctx.pins = {}
+                self.shrink_budget = self.shrink_left = None
         return None
 
     def _conclude(self, res: CheckResult, failure: CheckFailure | None) -> None:
@@ -462,7 +486,7 @@ class Search:
             rec = records[0]
             res.status = "known"
             res.message = str(primary)
-            res.known = dict(rec.matched)
+            res.known = dict(rec.matched or {})
 
     def _flaky(self, res: CheckResult, exc: Exception) -> None:
         """The same input answered differently: a verdict on the implementation."""
@@ -475,6 +499,7 @@ class Search:
         again = _answer_again(self.ctx, self.check, f.case)
         res.message = (f"the same input gave two different answers: first {f.verdict.actual!r} "
                        f"({f.verdict.message}); again: {again}")
+        assert res.failure is not None  # _fill_failure set it
         res.failure["answers"] = [f.verdict.actual, again]
 
     # ------------------------------------------------------------------ coverage
@@ -489,7 +514,7 @@ class Search:
 
 
 def _database(spec: str | None):
-    from . import database
+    from .runner import database
 
     return database.build(spec)
 
@@ -612,13 +637,13 @@ def _summarise(res: CheckResult, outcomes: list[Outcome]) -> None:
         for k, v in o.case.features().items():
             cov.setdefault(k, Counter())[v] += 1
         dt = o.case.dtype
-        for v in o.verdicts:
-            if v.ulps:
-                acc.setdefault(dt, []).extend(v.ulps[:16])
-                rat.setdefault(dt, []).extend(v.ratios[:16])
-                r = max(v.ratios) if v.ratios else 0.0
-                worst.append((r, {"dtype": dt, "what": v.what, "error_ulps": v.max_error_ulps,
-                                  "bound_ulps": v.bound_ulps, "ratio": r, "case": o.case.describe(small=8)}))
+        for verdict in o.verdicts:
+            if verdict.ulps:
+                acc.setdefault(dt, []).extend(verdict.ulps[:16])
+                rat.setdefault(dt, []).extend(verdict.ratios[:16])
+                r = max(verdict.ratios) if verdict.ratios else 0.0
+                worst.append((r, {"dtype": dt, "what": verdict.what, "error_ulps": verdict.max_error_ulps,
+                                  "bound_ulps": verdict.bound_ulps, "ratio": r, "case": o.case.describe(small=8)}))
         if o.variant_used:
             variants.add(o.variant_used)
     res.coverage = {k: dict(c) for k, c in cov.items()}

@@ -213,7 +213,7 @@ class FailureFilter:
     Plain data (``to_json``/``from_json``), so that a worker process can apply it inside
     its Hypothesis search."""
 
-    #: Entries as loaded by conformance.session.load_known: {adapter, check, when, reason, link, file, index}.
+    #: Entries as loaded by conformance.runner.session.load_known: {adapter, check, when, reason, link, file, index}.
     known: list[dict[str, Any]] = field(default_factory=list)
     #: Failures present in the baseline, by result id: a signature key, or a record
     #: ``{"key", "signature", "pattern"}`` whose pattern (the option classes the failure

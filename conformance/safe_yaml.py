@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from .diagnostics import UserError
+
 MAX_BYTES = 512_000
 MAX_DEPTH = 64
 MAX_ALIASES = 100
@@ -35,23 +37,22 @@ class YamlLimitError(yaml.MarkedYAMLError):
     """A document over one of the loader's limits; ``problem_mark`` is where it went over."""
 
 
-class YamlFileError(Exception):
+class YamlFileError(UserError):
     """A YAML file that cannot be used: ``file``, 1-based ``line``/``col`` (or None), ``problem``
-    and a ``fix``; ``str()`` is the one-line message for a user."""
+    and a ``fix``; ``str()`` is the message for a user (conformance/diagnostics.py)."""
 
     def __init__(self, file: str, line: int | None, col: int | None, problem: str, fix: str = ""):
-        self.file, self.line, self.col, self.problem, self.fix = file, line, col, problem, fix
-        loc = file + (f":{line}" if line else "") + (f":{col}" if line and col else "")
-        super().__init__(f"{loc}: {problem}" + (f"; fix: {fix}" if fix else ""))
+        self.problem = problem
+        super().__init__(problem, file, line, col, fix)
 
 
 class _Bounds:
     """Composer hooks that count depth, aliases and the expanded size as the nodes are made
     (the composition is always PyYAML's Python code, so these hooks always apply)."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream: Any = None) -> None:
         if stream is not None:
-            super().__init__(stream)
+            super().__init__(stream)  # type: ignore[call-arg]  # the loader after this mixin takes it
         self._depth = 0
         self._aliases = 0
         self._size: dict[int, int] = {}   # id(node) -> values it stands for, aliases expanded
@@ -126,10 +127,10 @@ try:  # libyaml's parser (events) under the Python composer: about 4 times faste
             yaml.composer.Composer.__init__(self)
             _Bounds.__init__(self)
 except ImportError:  # PyYAML built without libyaml
-    _FastLoader = _PyLoader
+    _FastLoader = _PyLoader  # type: ignore[misc, assignment]  # the same interface, slower
 
-for _cls in {_PyLoader, _FastLoader}:
-    _cls.add_constructor("tag:yaml.org,2002:int", _Bounds.construct_yaml_int)
+for _cls in (_PyLoader, _FastLoader):
+    _cls.add_constructor("tag:yaml.org,2002:int", _Bounds.construct_yaml_int)  # type: ignore[type-var]  # a mixin method
 
 
 def _fix(problem: str) -> str:

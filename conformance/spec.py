@@ -11,7 +11,6 @@ valid key; a faulty spec never reaches an adapter.
 from __future__ import annotations
 
 import ast
-import difflib
 import hashlib
 import json
 import keyword
@@ -26,6 +25,7 @@ import jsonschema
 import yaml
 
 from . import safe_yaml
+from .diagnostics import UserError, YamlLocator, close_matches, did_you_mean
 from .formula import _AXIS_FUNCTIONS, CONSTANTS, FUNCTIONS, Formula, FormulaError, parse
 
 #: Names every formula may read: the canonical inputs of specs/README.md.
@@ -44,13 +44,11 @@ U_BOUNDS = (2.0 ** -64, 2.0 ** -4)
 MAX_INT = 2 ** 53
 
 
-class SpecError(Exception):
+class SpecError(UserError):
     """A spec file that cannot be used; the message is ready for a user."""
 
     def __init__(self, file: str, line: int | None, col: int | None, message: str, fix: str = ""):
-        self.file, self.line, self.col, self.message, self.fix = file, line, col, message, fix
-        loc = file + (f":{line}" if line else "") + (f":{col}" if line and col else "")
-        super().__init__(f"{loc}: {message}" + (f"\n  fix: {fix}" if fix else ""))
+        super().__init__(message, file, line, col, fix)
 
 
 # --------------------------------------------------------------------------- typed spec
@@ -223,16 +221,14 @@ def _schema() -> dict:
     return json.loads(resources.files("conformance.specs").joinpath("spec.schema.json").read_text())
 
 
-class _Marks:
-    """The YAML node behind every value of a document, addressed by its JSON path.
-
-    The nodes are the ones :func:`conformance.safe_yaml.load` composed the document from,
-    so the positions are available even for values the schema rejects.
+class _Marks(YamlLocator):
+    """The YAML node behind every value of a document, addressed by its JSON path
+    (conformance/diagnostics.py: YamlLocator), plus duplicate keys and places in formulas.
     """
 
     def __init__(self, text: str, root: yaml.Node | None):
+        super().__init__(root)
         self.text = text
-        self.root = root
         self.duplicates: list[tuple[tuple, yaml.Node, yaml.Node]] = []
         if self.root is not None:
             self._find_duplicates(self.root, ())
@@ -250,35 +246,6 @@ class _Marks:
         elif isinstance(node, yaml.SequenceNode):
             for i, v in enumerate(node.value):
                 self._find_duplicates(v, path + (i,))
-
-    def _walk(self, path) -> tuple[yaml.Node | None, yaml.Node | None, bool]:
-        """(value node, key node, whether the whole path was found); the deepest match."""
-        node, key_node = self.root, None
-        for part in path:
-            child = None
-            if isinstance(node, yaml.MappingNode):
-                for k, v in reversed(node.value):  # the last duplicate wins, as in safe_load
-                    if getattr(k, "value", None) == str(part):
-                        child = (v, k)
-                        break
-            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-                child = (node.value[part], None)
-            if child is None:
-                return node, key_node, False
-            node, key_node = child
-        return node, key_node, True
-
-    def node(self, path) -> yaml.Node | None:
-        node, _, found = self._walk(tuple(path))
-        return node if found else None
-
-    def at(self, path, key=False) -> tuple[int | None, int | None]:
-        """1-based (line, column) of the value at ``path`` (of its key with ``key=True``)."""
-        node, key_node, found = self._walk(tuple(path))
-        target = key_node if (key and found and key_node is not None) else node
-        if target is None:
-            return None, None
-        return target.start_mark.line + 1, target.start_mark.column + 1
 
     def formula_at(self, path, offset: int | None) -> tuple[int | None, int | None]:
         """Where character ``offset`` of the (stripped) formula at ``path`` is in the file."""
@@ -336,8 +303,7 @@ def _short(value) -> str:
 
 
 def _did_you_mean(word, options) -> str:
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
-    return f"did you mean '{close[0]}'? " if close else ""
+    return did_you_mean(word, options, prefix="", suffix=" ")
 
 
 def _override_names(raw: dict) -> list[str]:
@@ -417,7 +383,7 @@ def _schema_error(err: jsonschema.ValidationError, file: str, marks: _Marks, raw
         name = missing[0] if missing else "?"
         # A key that the schema's patterns allow (k_*, u_*) but that is close to a missing one is a typo.
         extra = [k for k in err.instance if k not in err.schema.get("properties", {}) and k not in err.validator_value]
-        close = difflib.get_close_matches(name, [str(k) for k in extra], n=1)
+        close = close_matches(name, extra)
         if close:
             line, col = marks.at(path + [close[0]], key=True)
             return SpecError(file, line, col, f"'{close[0]}' is not a known key in {where}",
@@ -497,7 +463,7 @@ def _explain_formula(exc: FormulaError, known) -> tuple[str, str]:
                     f"only the {' and '.join(other)} path(s) bind '{m[1]}'; names in scope here: "
                     f"{_names_in_scope(known)}")
         hint = _did_you_mean(m[1], set(known) | set(CONSTANTS))
-        function = difflib.get_close_matches(m[1], FUNCTIONS, n=1)
+        function = close_matches(m[1], FUNCTIONS)
         if not hint and function:  # e.g. `softmx` where softmax(...) was meant
             hint = f"did you mean the function '{function[0]}(...)'? "
         return f"unknown name '{m[1]}'", hint + f"names in scope here: {_names_in_scope(known)}"
@@ -517,7 +483,7 @@ def _explain_formula(exc: FormulaError, known) -> tuple[str, str]:
     attrs = [n for n in nodes if isinstance(n, ast.Attribute)]
     if attrs and (msg.startswith("only plain function calls") or msg.startswith("Attribute")):
         attr = attrs[0]
-        close = difflib.get_close_matches(attr.attr, FUNCTIONS, n=1)
+        close = close_matches(attr.attr, FUNCTIONS)
         if close:
             return msg, (f"did you mean '{close[0]}'? call the language's functions directly: "
                          f"{close[0]}(...), not {ast.unparse(attr)}(...)")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conformance.pytest_plugin import run_item
+from conformance.runner.pytest_plugin import run_item
 
 
 def test_conformance(ce_item, request, record_property):

@@ -18,7 +18,7 @@ from conformance.adapters.torch_adapter import TorchFunctionAdapter  # noqa: E40
 from conformance.checks import Context, catalogue  # noqa: E402
 from conformance.engine import run_check  # noqa: E402
 from conformance.gate import FailureFilter  # noqa: E402
-from conformance.session import apply_known, load_known  # noqa: E402
+from conformance.runner.session import apply_known, load_known  # noqa: E402
 from conformance.spec import load_default  # noqa: E402
 
 

@@ -21,7 +21,8 @@ import pytest
 pytest.importorskip("torch")
 
 import planted_distributed as pd  # noqa: E402  (tests/ is on sys.path under pytest)
-from conformance.adapter_config import AdapterConfigError, adapter_from_config  # noqa: E402
+from conformance.adapter_config import AdapterConfigError  # noqa: E402
+from conformance.adapters import resolve  # noqa: E402
 from conformance.adapters.vocab_parallel import (RankError, RanksDisagree, ReferenceVocabParallel,  # noqa: E402
                                                  ReferenceVocabParallelMegatron, shard_bounds,
                                                  vocab_parallel_cross_entropy,
@@ -238,15 +239,15 @@ def test_a_rank_implementation_the_workers_cannot_import_is_named(adapters):
 def test_world_size_in_an_adapter_config(tmp_path):
     cfg = tmp_path / "vp.yaml"
     cfg.write_text("name: vp4\nimport: conformance.adapters.vocab_parallel:ReferenceVocabParallel\nworld_size: 4\n")
-    a = adapter_from_config(cfg)
+    a = resolve(str(cfg))
     assert a.world_size == 4 and a.capabilities.world_size == 4 and a.name == "vp4"
     cfg.write_text("import: conformance.adapters.vocab_parallel:ReferenceVocabParallel\n\nworld_size: 0\n")
     with pytest.raises(AdapterConfigError, match=r"vp\.yaml:3: 'world_size' must be an integer from 1 to 64 "
-                                                 r"\(got 0\); fix: write e\.g\. 'world_size: 2'"):
-        adapter_from_config(cfg)
+                                                 r"\(got 0\)\n  fix: write e\.g\. 'world_size: 2'"):
+        resolve(str(cfg))
     cfg.write_text("import: torch-cpu\nworld_size: 2\n")
     with pytest.raises(AdapterConfigError, match=r"vp\.yaml:2: 'world_size' is for distributed adapters"):
-        adapter_from_config(cfg)
+        resolve(str(cfg))
 
 
 def test_even_shards_leave_out_what_the_library_cannot_split():
@@ -260,7 +261,8 @@ def test_the_example_config_from_the_command_line(tmp_path):
     """End to end: the Megatron-smoothing reference config, its variant reported as such."""
     import json
 
-    from conformance import cli, distributed
+    from conformance import distributed
+    from conformance.runner import cli
 
     try:
         code = cli.main(["run", "--adapter", str(EXAMPLES / "vocab_parallel_megatron_smoothing.yaml"), "--profile",

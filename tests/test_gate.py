@@ -1,5 +1,5 @@
 """The regression gate: exit codes, known divergences, baseline, diff, repro scripts, adapter
-configs (declared capabilities and variants), driven through ``conformance.cli.main``.
+configs (declared capabilities and variants), driven through ``conformance.runner.cli.main``.
 
 Each run is restricted with --check prefixes and the quick profile so that it takes seconds.
 Planted implementations (tests/planted.py) stand in for third-party code.
@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conformance import cli  # noqa: E402
+from conformance.runner import cli  # noqa: E402
 from conformance.adapter_config import AdapterConfigError, load_config  # noqa: E402
 from conformance.adapters import AdapterError, resolve  # noqa: E402
 
@@ -337,7 +337,7 @@ def test_load_config_returns_absolute_known(tmp_path):
 def test_cli_subprocess_with_pythonpath(tmp_path):
     """The documented CI form: PYTHONPATH=tests and a planted:NAME import path."""
     env = {**os.environ, "PYTHONPATH": str(TESTS), "CE_CONFORMANCE_PROGRESS": "0"}
-    proc = subprocess.run([sys.executable, "-m", "conformance.cli", "run", "--adapter", BUG, "--check", "forward.index",
+    proc = subprocess.run([sys.executable, "-m", "conformance.runner.cli", "run", "--adapter", BUG, "--check", "forward.index",
                            "--profile", "quick", "--ci", "--no-report", "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, env=env, timeout=180, cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance import cli
+from conformance.runner import cli
 from conformance.adapters import resolve
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -16,13 +16,13 @@ import pytest
 pytest.importorskip("torch")
 
 import planted_gate  # noqa: E402
-from conformance import cli  # noqa: E402
+from conformance.runner import cli  # noqa: E402
 from conformance.adapters.base import Capabilities  # noqa: E402
 from conformance.adapters.torch_adapter import TorchFunctionAdapter  # noqa: E402
 from conformance.checks import Context, catalogue  # noqa: E402
 from conformance.engine import run_check  # noqa: E402
 from conformance.gate import FailureFilter  # noqa: E402
-from conformance.session import load_known  # noqa: E402
+from conformance.runner.session import load_known  # noqa: E402
 from conformance.spec import load_default  # noqa: E402
 
 TESTS = Path(__file__).parent
@@ -155,7 +155,7 @@ def _release(tmp_path: Path, attr: str, folder: str) -> str:
 @pytest.mark.parametrize("seed", range(SEEDS))
 def test_baseline_keeps_a_new_regression_and_accepts_the_old_divergence(tmp_path, seed):
     """The engine-level version of the CLI test above, over many seeds."""
-    from conformance.session import load_baseline, make_filter
+    from conformance.runner.session import load_baseline, make_filter
 
     base = tmp_path / "base"
     code = cli.main(["run", "--no-report", "--out", str(base), "--check", "forward.index", "--seed", str(seed + 100),

@@ -6,7 +6,7 @@ import pytest
 
 import conformance
 from conformance.gate import FailureFilter
-from conformance.session import load_known
+from conformance.runner.session import load_known
 
 pytest.importorskip("torch")
 

@@ -9,7 +9,8 @@ pytest.importorskip("torch")
 
 from conformance.adapters import resolve  # noqa: E402
 from conformance.checks import Context, catalogue  # noqa: E402
-from conformance.engine import run_check  # noqa: E402
+from conformance.engine import run_check as run_here  # noqa: E402
+from conformance.runner.isolation import run_check  # noqa: E402
 from conformance.spec import load_default  # noqa: E402
 
 TESTS = str(Path(__file__).parent)
@@ -47,12 +48,12 @@ def test_a_child_that_reports_comes_back_with_its_verdict(ctx):
 def test_derandomize_reaches_the_isolated_child(ctx):
     """--ci in an isolated child: the same examples as in-process, every time (the example
     database reaching a worker is tested in tests/faults/test_containment.py)."""
-    from conformance.isolation import run_isolated
+    from conformance.runner.isolation import run_isolated
 
     check = {c.id: c for c in catalogue(ctx.spec)}["error.label_smoothing_negative"]
     kw = dict(profile="quick", seed=None, spec_file=ctx.spec.file, name="aborting")
     a = run_isolated("aborting:AbortingAdapter", check, derandomize=True, **kw)
     b = run_isolated("aborting:AbortingAdapter", check, derandomize=True, **kw)
-    here = run_check(ctx, check, derandomize=True, isolate=False)
+    here = run_here(ctx, check, derandomize=True)
     assert a.examples == b.examples == here.examples > 0
     assert a.coverage == b.coverage == here.coverage

@@ -6,7 +6,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conformance.adapter_config import AdapterConfigError, adapter_from_config  # noqa: E402
+from conformance.adapter_config import AdapterConfigError  # noqa: E402
+from conformance.adapters import resolve  # noqa: E402
 from conformance.adapters.llm import LlmTorchAdapter  # noqa: E402
 from conformance.checks import Context, catalogue  # noqa: E402
 from conformance.engine import run_check  # noqa: E402
@@ -38,7 +39,7 @@ def _write(tmp_path, text, name="llm.yaml"):
 
 
 def test_form_builds_an_llm_adapter_with_the_declared_call(tmp_path):
-    a = adapter_from_config(_write(tmp_path, FORM.format(fn="reference")))
+    a = resolve(str(_write(tmp_path, FORM.format(fn="reference"))))
     assert isinstance(a, LlmTorchAdapter) and a.name == "llm"
     assert a.form.options == {"ignore_index": "ignore_index", "reduction": "reduction", "softcap": "softcap",
                               "z_loss": "z_loss", "return_z_loss": "return_z_loss"}
@@ -48,15 +49,15 @@ def test_form_builds_an_llm_adapter_with_the_declared_call(tmp_path):
 
 
 def test_config_keys_still_apply_on_top_of_the_form(tmp_path):
-    a = adapter_from_config(_write(tmp_path, FORM.format(fn="reference") + "dtypes: [float64]\nmax_classes: 8\n"))
+    a = resolve(str(_write(tmp_path, FORM.format(fn="reference") + "dtypes: [float64]\nmax_classes: 8\n")))
     assert a.capabilities.dtypes == {"float64"} and a.capabilities.max_classes == 8
     assert a.capabilities.extensions == {"softcap", "z_loss", "return_z_loss"}
 
 
 def test_a_form_config_gates_the_kernel(tmp_path):
     """The softcap bug fails through the config; the correct composition passes the same check."""
-    bad = adapter_from_config(_write(tmp_path, FORM.format(fn="softcap_x_tanh"), "bad.yaml"))
-    good = adapter_from_config(_write(tmp_path, FORM.format(fn="reference"), "good.yaml"))
+    bad = resolve(str(_write(tmp_path, FORM.format(fn="softcap_x_tanh"), "bad.yaml")))
+    good = resolve(str(_write(tmp_path, FORM.format(fn="reference"), "good.yaml")))
     r_bad = run_check(Context(SPEC, bad, profile="default"), CHECKS["extension.softcap"], seed=1)
     r_good = run_check(Context(SPEC, good, profile="quick"), CHECKS["extension.softcap"], seed=0)
     assert r_bad.status == "failed", r_bad.message
@@ -80,7 +81,7 @@ def test_a_form_config_gates_the_kernel(tmp_path):
 def test_bad_form_values_name_file_line_and_fix(tmp_path, body, line, message):
     p = _write(tmp_path, "import: planted_llm:reference\n" + body)
     with pytest.raises(AdapterConfigError) as e:
-        adapter_from_config(p)
+        resolve(str(p))
     assert e.value.file == str(p) and e.value.line == line, str(e.value)
     assert message in e.value.message and e.value.fix, str(e.value)
 
@@ -88,12 +89,12 @@ def test_bad_form_values_name_file_line_and_fix(tmp_path, body, line, message):
 def test_form_needs_a_torch_function(tmp_path):
     p = _write(tmp_path, "import: numpy:planted_llm:reference\nform: {returns: loss}\n")
     with pytest.raises(AdapterConfigError) as e:
-        adapter_from_config(p)
+        resolve(str(p))
     assert e.value.line == 1 and "'form' needs a torch function" in e.value.message
 
 
 def test_bad_form_through_the_cli_is_one_line_and_exit_2(tmp_path, capsys):
-    from conformance import cli
+    from conformance.runner import cli
 
     p = _write(tmp_path, "import: planted_llm:reference\nform:\n  layout: seq\n", "bad.yaml")
     assert cli.main(["run", "--adapter", str(p), "--out", str(tmp_path / "o")]) == 2

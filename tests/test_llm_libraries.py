@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conformance import cli  # noqa: E402
+from conformance.runner import cli  # noqa: E402
 from conformance.adapters import resolve  # noqa: E402
 from conformance.adapters.llm import LlmTorchAdapter  # noqa: E402
 

@@ -13,8 +13,8 @@ import pytest
 pytest.importorskip("jinja2")
 pytest.importorskip("matplotlib")
 
-from conformance import cli, report  # noqa: E402
-from conformance.results import SCHEMA, STATUSES  # noqa: E402
+from conformance.runner import cli, report  # noqa: E402
+from conformance.runner.results import SCHEMA, STATUSES  # noqa: E402
 
 EVIL = "<script>alert(1)</script>"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance import cli, database, merge, shard
-from conformance import results as resultsmod
+from conformance.runner import cli, database, merge, shard
+from conformance.runner import results as resultsmod
 from conformance.checks import catalogue
 from conformance.spec import load_default
 
@@ -34,7 +34,7 @@ def _env():
 
 def _run(cwd: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
     cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "conformance.cli", *args], cwd=cwd, env=_env(), text=True,
+    return subprocess.run([sys.executable, "-m", "conformance.runner.cli", *args], cwd=cwd, env=_env(), text=True,
                           capture_output=True, timeout=timeout)
 
 

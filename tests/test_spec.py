@@ -19,7 +19,7 @@ from rich.console import Console
 
 from conformance import metamorphic as mm
 from conformance import spec as sp
-from conformance import spec_cli as cli
+from conformance.runner import spec_cli as cli
 from conformance import strategies as st
 
 SPECS = sp.default_spec_path().parent

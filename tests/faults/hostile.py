@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from conformance import cli
+from conformance.runner import cli
 from conformance.spec import default_spec_path
 
 SPEC_TEXT = default_spec_path().read_text()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.results import SCHEMA
+from conformance.runner.results import SCHEMA
 
 from .hostile import run_cli
 

@@ -132,7 +132,7 @@ def test_a_worker_gets_the_same_examples_as_in_process(on_path):
     from conformance.checks import Context
     from conformance.engine import run_check
     from conformance.spec import load_default
-    from conformance.worker import AdapterWorker
+    from conformance.runner.worker import AdapterWorker
 
     spec, checks = _checks()
     extra = {op: load_default(op) for op in ("log_softmax", "nll_loss")}
@@ -143,8 +143,7 @@ def test_a_worker_gets_the_same_examples_as_in_process(on_path):
             there = w.run(checks[check_id], **kw)
         finally:
             w.close()
-        here = run_check(Context(spec, resolve(source), profile="quick", extra_specs=extra), checks[check_id],
-                         isolate=False, **kw)
+        here = run_check(Context(spec, resolve(source), profile="quick", extra_specs=extra), checks[check_id], **kw)
         assert there.status == here.status == "failed", (source, there.status, there.message)
         assert there.failure["counterexample"] == here.failure["counterexample"]
         assert there.examples == here.examples and there.coverage == here.coverage
@@ -152,7 +151,7 @@ def test_a_worker_gets_the_same_examples_as_in_process(on_path):
 
 
 def test_a_crashing_worker_is_restarted_then_given_up(on_path):
-    from conformance.worker import AdapterWorker
+    from conformance.runner.worker import AdapterWorker
 
     spec, checks = _checks()
     w = AdapterWorker("misbehaving:Exit3", name="exit3", spec_file=spec.file, profile="quick", max_crashes=2)
@@ -169,7 +168,7 @@ def test_a_crashing_worker_is_restarted_then_given_up(on_path):
 
 
 def test_an_adapter_that_cannot_be_built_in_its_worker(on_path):
-    from conformance.worker import AdapterWorker
+    from conformance.runner.worker import AdapterWorker
 
     spec, checks = _checks()
     w = AdapterWorker("misbehaving:NoSuchAdapter", name="nope", spec_file=spec.file, profile="quick")
@@ -211,43 +210,48 @@ def test_stale_reports_are_moved_aside_and_the_baseline_follows(tmp_path):
 def test_an_adapter_without_source_runs_in_process_with_a_warning(monkeypatch):
     """An adapter object that cannot be rebuilt from a string in a worker (no ``source``)
     still runs: in-process, with one warning."""
-    from conformance import pytest_plugin
     from conformance.adapters.numpy_ref import NumpyAdapter
+    from conformance.runner import pytest_plugin
+    from conformance.runner.session import RunSetup
     from conformance.spec import load_default
 
     spec, checks = _checks()
     adapter = NumpyAdapter()
-    assert getattr(adapter, "source", None) is None
-    options = {"--ce-seed": 1, "--ce-derandomize": True, "--ce-no-isolation": False, "--ce-profile": "quick",
-               "--ce-strict": False, "--ce-timeout": 600.0}
+    assert adapter.source is None
+    options = {"seed": 1, "derandomize": True, "no_isolation": False, "profile": "quick", "strict": False,
+               "timeout": 600.0}
 
     class Config:
-        def getoption(self, name):
-            return options[name]
+        stash = pytest.Stash()
 
-    state = {"spec": spec, "extra_specs": {op: load_default(op) for op in ("log_softmax", "nll_loss")},
-             "adapters": {"numpy": adapter}, "checks": list(checks.values()), "known": [], "baseline": {},
-             "gate": None, "database": None}
-    monkeypatch.setattr(pytest_plugin, "_STATE", state)
+        def getoption(self, name):
+            return options.get(name.removeprefix("ce_"))
+
+    setup = RunSetup(spec=spec, extra_specs={op: load_default(op) for op in ("log_softmax", "nll_loss")},
+                     adapters={"numpy": adapter}, checks=list(checks.values()), known=[], baseline={}, gate=None,
+                     database=None)
+    config = Config()
+    config.stash[pytest_plugin.SETUP_KEY] = setup
     with pytest.warns(UserWarning, match="adapter numpy has no 'source'.*run in-process") as rec:
-        d = pytest_plugin.run_item(Config(), "numpy", "error.reduction_unknown")
-        pytest_plugin.run_item(Config(), "numpy", "error.reduction_unknown")
+        d = pytest_plugin.run_item(config, "numpy", "error.reduction_unknown")
+        pytest_plugin.run_item(config, "numpy", "error.reduction_unknown")
     assert len(rec) == 1
     assert d["status"] == "passed" and d["examples"] > 0
-    assert "workers" not in state
+    assert not setup.workers and list(setup.contexts) == ["numpy"]
 
 
 def test_the_exit_code_follows_results_json_not_pytest(tmp_path):
     """0 only when results.json exists, holds every check and says all passed."""
-    from conformance.cli import _run_exit_code
-    from conformance.results import write
+    from conformance.runner.cli import _run_exit_code
+    from conformance.runner.results import write
+    from conformance.runner.session import RunSession
 
     spec = {"operation": "cross_entropy", "version": "1", "sha256": "x", "file": "f"}
     ok = pytest.ExitCode.OK
-    assert _run_exit_code(ok, tmp_path, {"total": 1}) == 2  # no results.json at all
+    assert _run_exit_code(ok, tmp_path, RunSession(total=1)) == 2  # no results.json at all
     write(tmp_path, spec=spec, run={}, results=[{"id": "a::c", "adapter": "a", "check": "c", "status": "passed"}])
-    assert _run_exit_code(ok, tmp_path, {"total": 1}) == 0
-    assert _run_exit_code(ok, tmp_path, {"total": 2}) == 2  # a result went missing
-    assert _run_exit_code(ok, tmp_path, {"total": 1, "sigterm": True}) == 2
+    assert _run_exit_code(ok, tmp_path, RunSession(total=1)) == 0
+    assert _run_exit_code(ok, tmp_path, RunSession(total=2)) == 2  # a result went missing
+    assert _run_exit_code(ok, tmp_path, RunSession(total=1, sigterm=True)) == 2
     write(tmp_path, spec=spec, run={}, results=[{"id": "a::c", "adapter": "a", "check": "c", "status": "error"}])
-    assert _run_exit_code(ok, tmp_path, {"total": 1}) == 1  # pytest said OK, results.json says error
+    assert _run_exit_code(ok, tmp_path, RunSession(total=1)) == 1  # pytest said OK, results.json says error

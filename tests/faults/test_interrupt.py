@@ -55,7 +55,7 @@ def _workers_of(pid: int) -> list[int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid and b"conformance.worker" in cmd:
+        if ppid == pid and b"conformance.runner.worker" in cmd:
             out.append(int(d.name))
     return out
 

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from conformance.results import SCHEMA  # noqa: E402
+from conformance.runner.results import SCHEMA  # noqa: E402
 
 from .hostile import run_cli  # noqa: E402
 

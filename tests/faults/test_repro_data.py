@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conformance import cli, repro  # noqa: E402
+from conformance.runner import cli, repro  # noqa: E402
 from conformance.spec import default_spec_path  # noqa: E402
 
 TESTS = Path(__file__).parents[1]

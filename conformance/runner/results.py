@@ -21,8 +21,9 @@ import os
 import platform
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 SCHEMA = "ce-conformance/results/1"
 #: Every status a result can have; "permissive" is a SHOULD clause the implementation does not
@@ -35,7 +36,7 @@ def now() -> str:
 
 
 def versions() -> dict[str, str]:
-    from . import __version__
+    from .. import __version__
 
     out = {"ce-conformance": __version__, "python": platform.python_version(), "platform": platform.platform()}
     from importlib import metadata
@@ -50,10 +51,6 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
-
-
-def safe_name(result_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in result_id)
 
 
 def summary(results: Iterable[dict[str, Any]]) -> dict[str, int]:
@@ -139,7 +136,7 @@ def load(path: str | Path) -> dict[str, Any]:
 
 def _check_body(doc: dict[str, Any], p: Path) -> None:
     """The structure every reader of a results file relies on, checked once here."""
-    stack = [(doc, 0)]
+    stack: list[tuple[Any, int]] = [(doc, 0)]
     while stack:
         value, depth = stack.pop()
         if depth > MAX_RESULTS_DEPTH:
@@ -243,7 +240,7 @@ def write_failures(out_dir: Path, results: list[dict[str, Any]], *, spec_file: s
     ``failure_inputs_b64`` (removed from them; their ``failure`` gains ``inputs`` and ``repro``)."""
     import base64
 
-    from .repro import write_repro
+    from .repro import safe_name, write_repro
 
     for r in results:
         blob = r.pop("failure_inputs_b64", None)
@@ -268,7 +265,7 @@ def recover(partial: str | Path, out_dir: Path) -> tuple[Path, bool]:
     spec = header.get("spec") or {"operation": None, "version": None, "sha256": None, "file": None}
     spec_file = spec.get("file")
     if not spec_file:
-        from .spec import default_spec_path
+        from ..spec import default_spec_path
         spec_file = str(default_spec_path())
     write_failures(out_dir, results, spec_file=spec_file, adapter_specs=header.get("adapter_sources") or {})
     run = dict(header.get("run") or {})

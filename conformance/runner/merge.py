@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..diagnostics import UserError
 from . import results as resultsmod
 
 #: What must be equal in every merged file: (where, label).
@@ -20,14 +21,15 @@ _SAME = ((("spec", "sha256"), "spec (sha256)"), (("run", "seed"), "seed"), (("ru
          (("run", "derandomize"), "--ci"), (("run", "versions", "ce-conformance"), "suite version"))
 
 
-class MergeError(ValueError):
+class MergeError(UserError, ValueError):
     """Files that cannot be merged into one run (exit 2 in the CLI)."""
 
 
 def _get(doc: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = doc
     for k in path:
-        doc = doc.get(k) if isinstance(doc, dict) else None
-    return doc
+        value = value.get(k) if isinstance(value, dict) else None
+    return value
 
 
 def compatible(docs: list[tuple[str, dict[str, Any]]]) -> None:
@@ -103,8 +105,8 @@ def _merged_run(docs: list[dict[str, Any]], files: list[str]) -> dict[str, Any]:
             if isinstance(a, dict) and a.get("name") is not None:
                 adapters.setdefault(str(a["name"]), a)
     runs = [d.get("run") or {} for d in docs]
-    started = [r.get("started") for r in runs if r.get("started")]
-    finished = [r.get("finished") for r in runs if r.get("finished")]
+    started: list[str] = [r["started"] for r in runs if r.get("started")]
+    finished: list[str] = [r["finished"] for r in runs if r.get("finished")]
     run.update({
         "adapters": list(adapters.values()),
         "started": min(started) if started else None,

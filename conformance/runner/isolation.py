@@ -4,7 +4,7 @@ invalid input.
 On CUDA an out-of-range class index trips a device-side assert that leaves the CUDA context
 unusable for the rest of the process (every later call raises). Adapters list the check
 kinds that must run this way in ``isolate_kinds`` (``torch-cuda``: the error contract); each
-such check gets a fresh :class:`conformance.worker.AdapterWorker` that serves it alone, so
+such check gets a fresh :class:`conformance.runner.worker.AdapterWorker` that serves it alone, so
 a poisoned context never reaches another check. Seed, ``derandomize`` (``--ci``), the example
 database and the gate travel with it, as for every worker. An error check whose worker dies
 without reporting has rejected its invalid input by ending the process: that is recorded as
@@ -14,7 +14,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..engine import run_check as run_here
 from .worker import DEFAULT_TIMEOUT, AdapterWorker, WorkerDied, error_result
+
+
+def run_check(ctx, check, *, seed: int | None = None, derandomize: bool = False, database: str | None = None,
+              database_dir: str | None = None, gate=None):
+    """:func:`conformance.engine.run_check` for an adapter in this process, except that the check
+    kinds it lists in ``isolate_kinds`` run in a fresh worker process (:func:`run_isolated`)."""
+    if check.kind not in ctx.adapter.isolate_kinds:
+        return run_here(ctx, check, seed=seed, derandomize=derandomize, database=database or database_dir, gate=gate)
+    return run_isolated(ctx.adapter.source or ctx.adapter.name, check, profile=ctx.profile, seed=seed,
+                        spec_file=ctx.spec.file, name=ctx.adapter.name, derandomize=derandomize,
+                        database=database or database_dir, gate_json=gate.to_json() if gate is not None else None)
 
 
 def run_isolated(adapter_source: str, check, *, profile: str, seed: int | None, spec_file: str,
@@ -25,7 +37,8 @@ def run_isolated(adapter_source: str, check, *, profile: str, seed: int | None, 
     name = name or adapter_source
     w = AdapterWorker(adapter_source, name=name, spec_file=spec_file, profile=profile, timeout=timeout)
     try:
-        out = w.run(check, seed=seed, derandomize=derandomize, database_dir=database or database_dir, gate_json=gate_json,
+        out = w.run(check, seed=seed, derandomize=derandomize, database_dir=database or database_dir,
+                    gate_json=gate_json,
                     one_shot=True)
     except WorkerDied as exc:
         if check.kind == "error" and not exc.timed_out:

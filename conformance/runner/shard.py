@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 
+from ..diagnostics import UserError
+
 #: Seconds per example by check kind on the NumPy reference (the adapter factor scales it).
 PER_EXAMPLE_S = {"forward": 0.018, "gradient": 0.036, "special": 0.013, "error": 0.008,
                  "metamorphic": 0.011, "decomposition": 0.012, "crossdevice": 0.02}
@@ -27,7 +29,7 @@ FRAMEWORK_FACTOR = {"numpy": 1.0, "torch": 1.6, "jax": 2.5}
 PER_ITEM_S = 0.05
 
 
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
     """A malformed --shard (exit 2 in the CLI)."""
 
 

@@ -43,9 +43,9 @@ def machine() -> dict[str, Any]:
 def bench_runs(profiles: list[str], adapters: list[str], seed: int) -> list[dict[str, Any]]:
     from conformance.adapters import resolve
 
-    from .checks import Context, catalogue
-    from .engine import run_check
-    from .spec import load_default
+    from ..checks import Context, catalogue
+    from ..engine import run_check
+    from ..spec import load_default
 
     spec = load_default()
     extra = {op: load_default(op) for op in ("log_softmax", "nll_loss")}
@@ -100,7 +100,7 @@ def _time_calls(adapter) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- planted bugs
 def _planted():
-    tests = Path(__file__).resolve().parents[1] / "tests"
+    tests = Path(__file__).resolve().parents[2] / "tests"
     if not (tests / "planted.py").is_file():
         return None
     if str(tests) not in sys.path:
@@ -117,9 +117,9 @@ def bench_planted(seeds: int, profile: str = "default") -> dict[str, Any]:
     from conformance.adapters.base import Capabilities
     from conformance.adapters.torch_adapter import TorchFunctionAdapter
 
-    from .checks import Context, catalogue
-    from .engine import run_check
-    from .spec import load_default
+    from ..checks import Context, catalogue
+    from ..engine import run_check
+    from ..spec import load_default
 
     spec = load_default()
     extra = {op: load_default(op) for op in ("log_softmax", "nll_loss")}
@@ -159,9 +159,9 @@ def bench_oracle(max_log2: int = 24, classes: int = 1024) -> list[dict[str, Any]
 
     import numpy as np
 
-    from .case import Case
-    from .oracle import Oracle
-    from .spec import load_default
+    from ..case import Case
+    from ..oracle import Oracle
+    from ..spec import load_default
 
     oracle = Oracle(load_default())
     out = []
@@ -221,7 +221,8 @@ def table(doc: dict[str, Any]) -> str:
                              f"{100 * (wall - inside) / wall:7.1f}%")
     p = doc.get("planted")
     if p and "bugs" in p:
-        lines.append(f"planted bugs ({p['profile']} profile, {p['seeds']} seeds): time and examples to the first failure")
+        lines.append(f"planted bugs ({p['profile']} profile, {p['seeds']} seeds): time and examples to the "
+                     "first failure")
         for name, b in p["bugs"].items():
             lines.append(f"  {name:30s} caught {b['caught']:>5s}  median {b['median_s']:6.2f} s "
                          f"({b['median_examples']:g} ex.)  worst {b['worst_s']:6.2f} s ({b['worst_examples']} ex.)")
@@ -230,7 +231,8 @@ def table(doc: dict[str, Any]) -> str:
     elif p:
         lines.append(f"planted bugs: skipped ({p['skipped']})")
     for o in doc.get("oracle") or []:
-        lines.append(f"oracle P*C={o['P*C']:5s} (P={o['P']}, C={o['C']}, float32, with gradients): {o['seconds']:.2f} s, "
+        lines.append(f"oracle P*C={o['P*C']:5s} (P={o['P']}, C={o['C']}, float32, with gradients): "
+                     f"{o['seconds']:.2f} s, "
                      f"{o['elements_per_s'] / 1e6:.1f} M elements/s, peak extra {o['peak_extra_MiB']} MiB "
                      f"({o['peak_extra_x_logits']}x the logits)")
     return "\n".join(lines)

@@ -1,18 +1,124 @@
-"""Run-level plumbing shared by the pytest plugin and the CLI: which adapters, which known
-divergences and baseline apply, and what is written when a run ends (or is interrupted)."""
+"""Run-level plumbing shared by the pytest plugin and the CLI: the run's two state objects,
+which adapters, which known divergences and baseline apply, and what is written when a run
+ends (or is interrupted).
+
+:class:`RunSetup` is what every pytest process (xdist workers too) needs to run items: the
+spec, adapters, checks, the gate. :class:`RunSession` is the record of the run, kept on the
+controlling process only: the results as they arrive, the output folder, progress, SIGTERM.
+The pytest plugin keeps both in ``config.stash`` (conformance/runner/pytest_plugin.py).
+"""
 from __future__ import annotations
 
 import fnmatch
+import signal
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..diagnostics import UserError, did_you_mean
+from ..gate import WHEN_KEYS, WHEN_VALUES
 from . import results as resultsmod
-from .gate import WHEN_KEYS, WHEN_VALUES
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A usage or configuration fault: the CLI prints it and exits 2."""
+
+
+@dataclass
+class RunSetup:
+    """What the items of a run need, built once per pytest process (:func:`build_setup`)."""
+
+    spec: Any
+    extra_specs: dict[str, Any]
+    adapters: dict[str, Any]
+    checks: list[Any]
+    known: list[dict[str, Any]]
+    baseline: dict[str, Any]
+    gate: Any
+    database: str | None
+    #: In-process check contexts and worker processes, by adapter name.
+    contexts: dict[str, Any] = field(default_factory=dict)
+    workers: dict[str, Any] = field(default_factory=dict)
+    #: Adapters already warned about (no ``source``: run in-process).
+    warned: set[str] = field(default_factory=set)
+
+    def close(self) -> None:
+        """End the worker processes."""
+        for w in self.workers.values():
+            w.close()
+        self.workers.clear()
+
+
+@dataclass
+class RunSession:
+    """The record of one run on its controlling process."""
+
+    #: The command line recorded in results.json (the CLI's own when run through it).
+    argv: list[str] = field(default_factory=lambda: list(sys.argv))
+    #: Where results go (absolute: an in-process adapter may change the current folder); None
+    #: until the suite's items were collected.
+    out: Path | None = None
+    total: int | None = None
+    started: str | None = None
+    t0: float = field(default_factory=time.monotonic)
+    #: Results as they arrive (results.json entries).
+    results: list[dict[str, Any]] = field(default_factory=list)
+    console: Any = None
+    #: Writing the reports: a SIGTERM from now on is recorded, not raised.
+    finishing: bool = False
+    sigterm: bool = False
+    sigterm_previous: Any = None
+    summary_lines: list[str] = field(default_factory=list)
+
+    def on_sigterm(self, signum, frame) -> None:
+        """SIGTERM (what CI sends) ends the run as SIGINT does: full reports, exit code 2. Once."""
+        self.sigterm = True
+        if not self.finishing:
+            self.finishing = True
+            raise KeyboardInterrupt
+
+    def install_sigterm(self) -> Any:
+        """Make SIGTERM raise KeyboardInterrupt in the main thread; return the previous handler
+        (None when nothing was installed: not the main thread, this session's handler already
+        there, or someone else's)."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous == self.on_sigterm or previous not in (signal.SIG_DFL, None):
+            return None
+        signal.signal(signal.SIGTERM, self.on_sigterm)
+        return previous
+
+
+def build_setup(options) -> RunSetup:
+    """Spec, adapters, checks, known entries, baseline and database from the run's options
+    (an object with the attributes of conformance/runner/options.py)."""
+    from .. import spec as specmod
+    from ..checks import catalogue
+    from .database import DEFAULT_DIR, compose
+
+    spec = specmod.load(options.spec or str(specmod.default_spec_path()))
+    adapters = load_adapters(options.adapter)
+    prefixes = options.check
+    known = load_known(shipped_known_files() if options.known is None else options.known)
+    baseline = load_baseline(options.baseline)
+    database = None
+    if not (options.derandomize and options.seed is None) or options.database or options.database_readonly:
+        database = compose(options.database, options.database_readonly, default=DEFAULT_DIR)
+    return RunSetup(spec=spec, extra_specs={op: specmod.load_default(op) for op in ("log_softmax", "nll_loss")},
+                    adapters=adapters,
+                    checks=[c for c in catalogue(spec) if not prefixes or any(c.id.startswith(p) for p in prefixes)],
+                    known=known, baseline=baseline, gate=make_filter(known, baseline), database=database)
+
+
+def shipped_known_files() -> list[str]:
+    """The known-divergence files shipped for the built-in adapters (conformance/known/)."""
+    folder = Path(__file__).parents[1] / "known"
+    return sorted(str(p) for p in folder.glob("*.yaml")) if folder.exists() else []
 
 
 def load_adapters(names: list[str]) -> dict[str, Any]:
@@ -30,7 +136,7 @@ def load_adapters(names: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--adapter {n}: a second adapter named {a.name!r}; fix: give each adapter "
                               "a distinct name (the 'name:' key of an adapter config)")
         out[a.name] = a
-        for k in getattr(a, "known_files", None) or []:
+        for k in a.known_files:
             _ADAPTER_KNOWN.append((k, a.name))
     return out
 
@@ -53,7 +159,7 @@ def load_known(paths: list[str]) -> list[dict[str, Any]]:
     named by the loaded adapters' configs are added (their entries default to that adapter)."""
     entries: list[dict[str, Any]] = []
     seen = {str(Path(p).resolve()) for p in paths}
-    sources = [(p, None) for p in paths]
+    sources: list[tuple[str, str | None]] = [(p, None) for p in paths]
     sources += [(p, name) for p, name in _ADAPTER_KNOWN if str(Path(p).resolve()) not in seen]
     for p, default_adapter in sources:
         entries += _load_known_file(p, default_adapter)
@@ -61,20 +167,19 @@ def load_known(paths: list[str]) -> list[dict[str, Any]]:
 
 
 def _load_known_file(p: str, default_adapter: str | None) -> list[dict[str, Any]]:
-    from conformance.adapter_config import AdapterConfigError, did_you_mean, load_with_lines
+    from conformance.adapter_config import AdapterConfigError, load_with_lines
 
     try:
-        doc, lines = load_with_lines(p, what="known-divergence file")
+        doc, where = load_with_lines(p, what="known-divergence file")
     except AdapterConfigError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(exc.message, exc.file, exc.line, exc.column, exc.fix) from None
 
     def bad(at: tuple, message: str, fix: str) -> ConfigError:
-        line = lines.get(at) or lines.get(at[:2]) or lines.get(at[:1])
-        return ConfigError(f"{p}{f':{line}' if line else ''}: {message}; fix: {fix}")
+        return ConfigError(message, p, where.line(at), None, fix)
 
     if not isinstance(doc, dict) or not isinstance(doc.get("known"), list):
-        raise ConfigError(f"{p}: expected a mapping with 'adapter' and a 'known' list; fix: see docs/gating.md "
-                          "('adapter: NAME-GLOB' and 'known: [{check: GLOB, reason: ...}]')")
+        raise ConfigError("expected a mapping with 'adapter' and a 'known' list", p,
+                          fix="see docs/gating.md ('adapter: NAME-GLOB' and 'known: [{check: GLOB, reason: ...}]')")
     for k in doc:
         if k not in _FILE_KEYS:
             raise bad((k,), f"unknown key {k!r}{did_you_mean(k, _FILE_KEYS)}", f"use {', '.join(_FILE_KEYS)}")
@@ -124,7 +229,8 @@ def apply_known(result: dict[str, Any], entries: list[dict[str, Any]], *, strict
         result["message"] = "--strict: a known divergence fails the run: " + (result.get("message") or "")
     if strict and result["status"] == "permissive":
         result["status"] = "failed"
-        result["message"] = "--strict: a SHOULD clause that is not enforced fails the run: " + (result.get("message") or "")
+        result["message"] = ("--strict: a SHOULD clause that is not enforced fails the run: "
+                             + (result.get("message") or ""))
     if result["status"] != "passed":
         return
     for e in entries:
@@ -145,7 +251,7 @@ def load_baseline(path: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {"statuses": {}, "signatures": {}, "whole": []}
     if not path:
         return out
-    from .gate import result_records
+    from ..gate import result_records
 
     try:
         doc = resultsmod.load(path)
@@ -167,7 +273,7 @@ def load_baseline(path: str | None) -> dict[str, Any]:
 
 def make_filter(known: list[dict[str, Any]], baseline: dict[str, Any]):
     """The per-example filter the engine applies (conformance.gate.FailureFilter)."""
-    from .gate import FailureFilter
+    from ..gate import FailureFilter
 
     return FailureFilter(known=known, baseline=dict(baseline.get("signatures", {})),
                          baseline_whole=list(baseline.get("whole", [])))
@@ -187,46 +293,47 @@ def apply_baseline(result: dict[str, Any], baseline: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- end of run
-def finish_run(config, state: dict[str, Any], *, interrupted: bool) -> Path | None:
-    out: Path = state["out"]
-    results = state.get("results", [])
-    resultsmod.write_failures(out, results, spec_file=state["spec"].file,
-                              adapter_specs={name: _adapter_spec(a, name) for name, a in state["adapters"].items()})
+def finish_run(options, setup: RunSetup, run: RunSession, *, interrupted: bool) -> Path:
+    """Write results.json, failures/ and repro/ for what ``run`` holds; keep the summary lines
+    in ``run.summary_lines``."""
+    assert run.out is not None
+    out, results = run.out, run.results
+    resultsmod.write_failures(out, results, spec_file=setup.spec.file,
+                              adapter_specs={name: _adapter_spec(a, name) for name, a in setup.adapters.items()})
     used = _entries_used(results)
-    run = {
-        "profile": config.getoption("--ce-profile"),
-        "seed": config.getoption("--ce-seed"),
-        "derandomize": config.getoption("--ce-derandomize"),
-        "command": " ".join(state.get("argv") or sys.argv),
-        "started": state.get("started"),
+    info = {
+        "profile": options.profile,
+        "seed": options.seed,
+        "derandomize": options.derandomize,
+        "command": " ".join(run.argv),
+        "started": run.started,
         "finished": resultsmod.now(),
         "interrupted": interrupted,
         "versions": resultsmod.versions(),
-        "adapters": [_info(a) for a in state["adapters"].values()],
-        "known_files": list(dict.fromkeys(list(config.getoption("--ce-known"))
-                                          + [e["file"] for e in state.get("known", [])])),
-        "strict": config.getoption("--ce-strict"),
-        "shard": config.getoption("--ce-shard"),
+        "adapters": [_info(a) for a in setup.adapters.values()],
+        "known_files": list(dict.fromkeys(list(options.known or []) + [e["file"] for e in setup.known])),
+        "strict": options.strict,
+        "shard": options.shard,
         "unmatched_known": [f"{e['file']} entry {e['index']} ({e['check']}) matched nothing"
-                            for e in state.get("known", [])
-                            if (e["file"], e["index"]) not in used and _relevant(e, state)],
+                            for e in setup.known
+                            if (e["file"], e["index"]) not in used and _relevant(e, setup)],
     }
-    path = resultsmod.write(out, spec=state["spec"], run=run, results=results)
+    path = resultsmod.write(out, spec=setup.spec, run=info, results=results)
     s = resultsmod.summary(results)
     lines = [f"ce-conformance: {len(results)} checks -> " + ", ".join(f"{v} {k}" for k, v in s.items() if v),
              f"ce-conformance: results written to {path}" + (" (interrupted: partial)" if interrupted else "")]
-    lines += [f"ce-conformance: warning: {w}" for w in run["unmatched_known"]]
+    lines += [f"ce-conformance: warning: {w}" for w in info["unmatched_known"]]
     lines += [f"ce-conformance: fixed: {r['id']} passed but is listed as a known divergence "
               f"({r['known']['file']} entry {r['known']['index']}): remove the entry"
               for r in results if r["status"] == "fixed"]
-    state["summary_lines"] = lines
+    run.summary_lines = lines
     return path
 
 
-def _entries_used(results: list[dict[str, Any]]) -> set[tuple[str, int]]:
+def _entries_used(results: list[dict[str, Any]]) -> set[tuple[Any, Any]]:
     """(file, index) of every known entry that accepted a failure or was reported fixed, read
     from the results themselves (under xdist the entries were applied in other processes)."""
-    used = set()
+    used: set[tuple[Any, Any]] = set()
     for r in results:
         for f in r.get("failures") or []:
             acc = f.get("accepted_by") or {}
@@ -242,24 +349,24 @@ def _adapter_spec(adapter, name: str) -> str:
     was resolved from, or its name."""
     if adapter is None:
         return name
-    return getattr(adapter, "config_file", None) or getattr(adapter, "source", None) or name
+    return adapter.config_file or adapter.source or name
 
 
-def _relevant(entry: dict[str, Any], state: dict[str, Any]) -> bool:
+def _relevant(entry: dict[str, Any], setup: RunSetup) -> bool:
     """Whether an entry that matched nothing deserves a warning in this run: it names an
     adapter of the run, and its check glob either names a check that ran or names no check of
     the spec at all (a typo). Entries for other adapters or for checks left out by --check stay
     quiet."""
     # adapters that could not run here (no GPU, framework missing) cannot match anything
-    adapters = [name for name, a in state.get("adapters", {}).items() if not a.unavailable()]
+    adapters = [name for name, a in setup.adapters.items() if not a.unavailable()]
     if not any(fnmatch.fnmatchcase(a, entry["adapter"]) for a in adapters):
         return False
-    ran = [c.id for c in state.get("checks", [])]
+    ran = [c.id for c in setup.checks]
     if any(fnmatch.fnmatchcase(c, entry["check"]) for c in ran):
         return True
     try:
-        from .checks import catalogue
-        every = [c.id for c in catalogue(state["spec"])]
+        from ..checks import catalogue
+        every = [c.id for c in catalogue(setup.spec)]
     except Exception:  # noqa: BLE001 - warn rather than hide
         return True
     return not any(fnmatch.fnmatchcase(c, entry["check"]) for c in every)
@@ -271,7 +378,7 @@ def _info(adapter) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001
         d = {"name": adapter.name, "info_error": str(exc)}
     d["unavailable"] = adapter.unavailable()
-    if getattr(adapter, "config_file", None):
+    if adapter.config_file:
         from conformance.adapters.base import ALL_FEATURES
         caps = adapter.capabilities
         d["config"] = adapter.config_file

@@ -4,7 +4,7 @@ The gate runs code that is under suspicion by definition: an adapter may call ``
 abort, segfault, hang, raise ``SystemExit``/``KeyboardInterrupt``, leave threads running or
 change process-wide state (NumPy's error state, torch's grad mode, the current folder). So
 every check of an adapter runs in that adapter's own process (``python -m
-conformance.worker``), started on its first check and reused for the others:
+conformance.runner.worker``), started on its first check and reused for the others:
 
 - the parent talks to it over pipes (one JSON line per request and per answer, on file
   descriptors the adapter cannot reach: the child's fd 1 is pointed at its stderr and fd 0 at
@@ -25,9 +25,7 @@ from __future__ import annotations
 import atexit
 import base64
 import collections
-import dataclasses
 import faulthandler
-import inspect
 import json
 import os
 import select
@@ -44,7 +42,7 @@ from typing import Any
 MAX_CRASHES = 3
 DEFAULT_TIMEOUT = 600.0
 
-_LIVE: "set[AdapterWorker]" = set()
+_LIVE: set[AdapterWorker] = set()
 
 
 class WorkerDied(Exception):
@@ -57,21 +55,13 @@ class WorkerDied(Exception):
 
 def result_from_json(d: dict[str, Any]):
     """A CheckResult from ``to_json()`` output plus ``failure_inputs_b64``."""
-    from .engine import CheckResult
+    from ..engine import CheckResult
 
-    d = dict(d)
-    blob = d.pop("failure_inputs_b64", None)
-    if hasattr(CheckResult, "from_json"):
-        r = CheckResult.from_json(d)
-    else:
-        names = {f.name for f in dataclasses.fields(CheckResult)}
-        r = CheckResult(**{k: v for k, v in d.items() if k in names})
-    r.failure_inputs = base64.b64decode(blob) if blob else None
-    return r
+    return CheckResult.from_json(d)
 
 
 def error_result(name: str, check, message: str):
-    from .engine import CheckResult
+    from ..engine import CheckResult
 
     return CheckResult(name, check.id, check.kind, check.clause, check.description, "error",
                        severity=check.severity, message=message)
@@ -107,7 +97,7 @@ class AdapterWorker:
     def _start(self) -> dict[str, Any]:
         self._buf = b""
         self._stderr.clear()
-        self.proc = subprocess.Popen([sys.executable, "-m", "conformance.worker"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "conformance.runner.worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                                      close_fds=True)
         _LIVE.add(self)
@@ -156,14 +146,15 @@ class AdapterWorker:
         self.last_returncode = p.returncode
         for s in (p.stdin, p.stdout):
             try:
-                s.close()
+                if s is not None:
+                    s.close()
             except OSError:
                 pass
 
     def close(self) -> None:
         """Ask the worker to exit, then make sure it has."""
         p = self.proc
-        if p is not None and p.poll() is None:
+        if p is not None and p.poll() is None and p.stdin is not None:
             try:
                 p.stdin.write(b'{"op": "exit"}\n')
                 p.stdin.flush()
@@ -175,7 +166,7 @@ class AdapterWorker:
     # ------------------------------------------------------------------ protocol
     def _call(self, request: dict[str, Any], *, what: str, timeout: float | None = None) -> dict[str, Any]:
         p = self.proc
-        assert p is not None
+        assert p is not None and p.stdin is not None and p.stdout is not None  # started with both pipes
         try:
             p.stdin.write((json.dumps(request) + "\n").encode())
             p.stdin.flush()
@@ -223,7 +214,8 @@ class AdapterWorker:
         except ValueError:
             self._kill()
             raise WorkerDied(f"the adapter's worker process sent a garbled answer while {what} "
-                             f"(something wrote into its protocol pipe): {line[:200]!r}", self.last_returncode)
+                             f"(something wrote into its protocol pipe): {line[:200]!r}",
+                             self.last_returncode) from None
         return answer
 
     def run(self, check, *, seed: int | None = None, derandomize: bool = False, database_dir: str | None = None,
@@ -261,7 +253,7 @@ class AdapterWorker:
 
 
 def _database_spec(spec: str | None) -> str | None:
-    """A database spec (conformance/database.py) with its folders made absolute: the worker
+    """A database spec (conformance/runner/database.py) with its folders made absolute: the worker
     builds the database itself, from the same string."""
     if not spec:
         return None
@@ -323,7 +315,7 @@ class _StateGuard:
 
     def reset(self) -> None:
         """The defaults, before each check."""
-        self.np.seterr(**_NP_DEFAULTS)
+        self.np.seterr(**_NP_DEFAULTS)  # type: ignore[arg-type]  # the values np.geterr() gave
         self.np.seterrcall(None)
         os.chdir(self.cwd)
         torch = sys.modules.get("torch")
@@ -396,10 +388,10 @@ def _serve(proto_in, proto_out) -> int:
     try:
         from conformance.adapters import resolve
 
-        from .checks import Context, catalogue
-        from .engine import run_check
-        from .gate import FailureFilter
-        from .spec import load, load_default
+        from ..checks import Context, catalogue
+        from ..engine import run_check
+        from ..gate import FailureFilter
+        from ..spec import load, load_default
 
         guard = _StateGuard(init["cwd"])
         spec = load(init["spec_file"])
@@ -408,7 +400,6 @@ def _serve(proto_in, proto_out) -> int:
         _guard_adapter(adapter, guard)
         ctx = Context(spec, adapter, profile=init["profile"], extra_specs=extra)
         checks = {c.id: c for c in catalogue(spec)}
-        accepted = set(inspect.signature(run_check).parameters)
     except BaseException as exc:  # noqa: BLE001 - the adapter's import or constructor, whatever it raises
         send({"fatal": f"the adapter could not be built in its worker process: {type(exc).__name__}: {exc}"})
         return 0
@@ -423,10 +414,7 @@ def _serve(proto_in, proto_out) -> int:
         threads_before = _non_daemon_threads()
         kw: dict[str, Any] = {"seed": req["seed"], "derandomize": req["derandomize"],
                               "database_dir": req.get("database") or req.get("database_dir")}
-        if "isolate" in accepted:
-            kw["isolate"] = False
-        if "gate" in accepted:
-            kw["gate"] = FailureFilter.from_json(req.get("gate"))
+        kw["gate"] = FailureFilter.from_json(req.get("gate"))
         t0 = time.perf_counter()
         try:
             r = run_check(ctx, check, **kw)
@@ -436,17 +424,18 @@ def _serve(proto_in, proto_out) -> int:
             r = error_result(adapter.name, check, "")
             r.duration_s = round(time.perf_counter() - t0, 3)
         if guard.base_exception is not None:
-            exc, tb = guard.base_exception
+            raised, tb = guard.base_exception
             verdict = "" if r.status == "error" and not r.message else (
                 f" (the check's own verdict was {r.status}" + (f": {r.message[:300]})" if r.message else ")"))
             r.status = "error"
-            r.message = (f"the adapter raised {type(exc).__name__}" + (f"({exc})" if str(exc) else "")
+            r.message = (f"the adapter raised {type(raised).__name__}" + (f"({raised})" if str(raised) else "")
                          + " (a BaseException, not an Exception) during the check" + verdict)
             r.failure = {"traceback": tb}
         left = sorted(t.name for t in _non_daemon_threads() - threads_before)
         problems = []
         if guard.changes:
-            problems.append("the adapter changed process-wide state and did not restore it: " + "; ".join(guard.changes))
+            problems.append("the adapter changed process-wide state and did not restore it: "
+                            + "; ".join(guard.changes))
         if left:
             problems.append(f"the adapter left {len(left)} non-daemon thread(s) running ({', '.join(left[:5])})")
         guard.reset()

@@ -7,7 +7,7 @@ check and the engine's code (conformance/engine.py ``_hypothesis``), never on th
 any machine that shares the database replays them.
 
 A *database spec* is one string, so that it crosses the worker protocol as JSON and the
-database is built where the search runs (conformance/worker.py): entries joined by ``;``,
+database is built where the search runs (conformance/runner/worker.py): entries joined by ``;``,
 each ``[ro:]TARGET`` with TARGET one of
 
 - a directory (``.hypothesis/ce-conformance``): :class:`DirectoryBasedExampleDatabase`;
@@ -28,6 +28,8 @@ import os
 import re
 from pathlib import Path
 
+from ..diagnostics import UserError
+
 #: The local folder used when no --database is given (and the run is not derandomised).
 DEFAULT_DIR = os.path.join(".hypothesis", "ce-conformance")
 #: Redis keys of the suite start with this (several projects may share one server).
@@ -35,7 +37,7 @@ REDIS_PREFIX = b"ce-conformance:"
 _GITHUB = re.compile(r"^github:([A-Za-z0-9][A-Za-z0-9-]*)/([A-Za-z0-9._-]+)(?:/([A-Za-z0-9._-]+))?$")
 
 
-class DatabaseError(ValueError):
+class DatabaseError(UserError, ValueError):
     """A database spec that cannot be used: one line with the fix (exit 2 in the CLI)."""
 
 
@@ -49,7 +51,8 @@ def compose(writable: list[str], readonly: list[str], *, default: str | None = D
     for e in entries:
         ro, target = (True, e[3:]) if e.startswith("ro:") else (False, e)
         if ";" in target:
-            raise DatabaseError(f"database {target!r}: ';' separates database entries; fix: give one database per option")
+            raise DatabaseError(f"database {target!r}: ';' separates database entries; fix: give one database "
+                                "per option")
         if _kind(target) == "directory":
             target = os.path.abspath(target)
         out.append(("ro:" if ro else "") + target)
@@ -96,7 +99,8 @@ def _one(kind: str, target: str):
 
         p = Path(target)
         if p.exists() and not p.is_dir():
-            raise DatabaseError(f"--database {target}: is a file, not a folder; fix: give a folder (created if missing)")
+            raise DatabaseError(f"--database {target}: is a file, not a folder; fix: give a folder (created if "
+                                "missing)")
         return DirectoryBasedExampleDatabase(str(p))
     if kind == "redis":
         try:
@@ -108,7 +112,8 @@ def _one(kind: str, target: str):
         try:
             client = redis.Redis.from_url(target, socket_connect_timeout=5, socket_timeout=30)
         except ValueError as exc:
-            raise DatabaseError(f"--database {target}: not a Redis URL ({exc}); fix: write redis://HOST:PORT/DB") from None
+            raise DatabaseError(f"--database {target}: not a Redis URL ({exc}); fix: write "
+                                "redis://HOST:PORT/DB") from None
         return RedisExampleDatabase(client, key_prefix=REDIS_PREFIX)
     if kind == "github":
         m = _GITHUB.match(target)

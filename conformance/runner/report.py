@@ -135,7 +135,7 @@ def _svg_hist(values: list[float], title: str) -> str:
                 # bins over [0, hi], not over the data's own (possibly tiny) range: a sliver
                 # of 30 bins squeezed near 0 on an axis that runs to the bound is invisible
                 bins = np.linspace(0.0, hi, 31)
-            ax.hist(pos, bins=bins, color="#4878a8")
+            ax.hist(pos, bins=list(bins), color="#4878a8")
         ax.axvline(1.0, color="#c03030", linestyle="--", linewidth=1)
         # The title holds an adapter's name: a `$` would start matplotlib math text (and an
         # unbalanced one stops the report), so every `$` is escaped to a literal dollar sign.
@@ -171,7 +171,8 @@ def _context(header: dict[str, Any], merged: dict[str, dict[str, Any]], base: di
     for r in sorted(results, key=lambda r: (str(r.get("adapter")), str(r.get("check")))):
         if r.get("status") not in SHOWN:
             continue
-        f = r.get("failure") if isinstance(r.get("failure"), dict) else {}
+        raw = r.get("failure")
+        f: dict[str, Any] = raw if isinstance(raw, dict) else {}
         rel, script = _repro(f, base[_rid(r)])
         failures.append({
             "r": r, "f": f, "id": _rid(r),
@@ -183,7 +184,7 @@ def _context(header: dict[str, Any], merged: dict[str, dict[str, Any]], base: di
             "known": r.get("known") if isinstance(r.get("known"), dict) else None,
         })
 
-    accuracy = []
+    accuracy: list[dict[str, Any]] = []
     for a in adapters:
         ratios: dict[str, list[float]] = defaultdict(list)
         worst: list[dict[str, Any]] = []
@@ -197,7 +198,7 @@ def _context(header: dict[str, Any], merged: dict[str, dict[str, Any]], base: di
                 if isinstance(w, dict):
                     worst.append(dict(w, check=r.get("check")))
         worst.sort(key=lambda w: -(w.get("ratio") or 0) if isinstance(w.get("ratio"), (int, float)) else 0)
-        plots = []
+        plots: list[dict[str, Any]] = []
         for dt in sorted(ratios):
             if len(accuracy) * 4 + len(plots) >= MAX_PLOTS:
                 break

@@ -18,8 +18,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .results import safe_name
-
 #: Format of the JSON sidecar.
 FORMAT = "ce-conformance/repro/1"
 
@@ -36,7 +34,7 @@ import sys
 from pathlib import Path
 
 try:
-    from conformance.repro import main
+    from conformance.runner.repro import main
 except ImportError as exc:
     print(f"cannot import ce-conformance ({exc}): pip install ce-conformance", file=sys.stderr)
     sys.exit(2)
@@ -44,6 +42,10 @@ except ImportError as exc:
 sys.exit(main(Path(__file__).resolve().with_suffix(".json")))
 '''
 
+
+def safe_name(result_id: str) -> str:
+    """A result id (``adapter::check``) as a file name: what ``failures/`` and ``repro/`` use."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in result_id)
 
 def write_repro(out_dir: Path, result: dict[str, Any], npz: bytes, *, spec_file: str,
                 adapter_spec: str | None = None) -> Path:
@@ -100,7 +102,7 @@ def rebuild_case(fileobj, options: dict[str, Any]):
     import ml_dtypes
     import numpy as np
 
-    from .case import Case
+    from ..case import Case
 
     data = np.load(fileobj)
     arrays = {}
@@ -115,7 +117,7 @@ def rebuild_case(fileobj, options: dict[str, Any]):
 
     return Case(x=arrays["input"], target=arrays["target"], weight=arrays.get("weight"),
                 upstream=arrays.get("upstream"), reduction=options.get("reduction") or "mean",
-                ignore_index=int(options.get("ignore_index") if options.get("ignore_index") is not None else -100),
+                ignore_index=int(options["ignore_index"]) if options.get("ignore_index") is not None else -100,
                 label_smoothing=float(fix(options.get("label_smoothing") or 0.0)), legacy=options.get("legacy"),
                 purpose=options.get("purpose") or "")
 
@@ -125,10 +127,11 @@ def recheck(adapter_name: str, check_id: str, case, *, spec_file: str) -> int:
     import numpy as np
 
     from conformance.adapters import resolve
-    from .checks import Context
-    from .spec import load
 
-    spec = load(spec_file) if Path(spec_file).exists() else __import__("conformance.spec", fromlist=["load_default"]).load_default()
+    from ..checks import Context
+    from ..spec import load, load_default
+
+    spec = load(spec_file) if Path(spec_file).exists() else load_default()
     adapter = resolve(adapter_name)
     ctx = Context(spec, adapter)
     print(f"adapter: {adapter_name}   check: {check_id}")
@@ -159,7 +162,8 @@ def recheck(adapter_name: str, check_id: str, case, *, spec_file: str) -> int:
     print(("FAIL: " + v.message) if bad else "loss within tolerance")
     for wrt, g in res.gradients.items():
         if wrt in ev.gradients:
-            gv = ctx.judge.compare(g, ev.gradients[wrt], ctx.judge.gradient_bound(ev, wrt, case.dtype, case), case.dtype,
+            bound = ctx.judge.gradient_bound(ev, wrt, case.dtype, case)
+            gv = ctx.judge.compare(g, ev.gradients[wrt], bound, case.dtype,
                                    what=f"gradient[{wrt}]", clause="gradient", unspecified=ev.unspecified.get(wrt))
             print(("FAIL: " + gv.message) if not gv.ok else f"gradient[{wrt}] within tolerance")
             bad = bad or not gv.ok

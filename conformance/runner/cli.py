@@ -12,6 +12,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..diagnostics import UserError
+from .options import PROFILES, add_to_argparse, plugin_args
+
 ERR = Console(stderr=True, highlight=False, soft_wrap=True)  # no wrapping: messages are grepped in CI logs
 
 
@@ -21,34 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the conformance suite and write reports")
-    r.add_argument("--adapter", action="append", default=[], metavar="NAME|IMPORT.PATH:ATTR|CONFIG.yaml",
-                   help="adapter under test (repeatable): a builtin, pkg.module:attr, jax:/numpy:pkg.module:attr "
-                        "or an adapter config file (docs/gating.md); default: every built-in")
-    r.add_argument("--profile", default="default", choices=["quick", "default", "thorough"])
-    r.add_argument("--seed", type=int, default=None, help="Hypothesis seed")
-    r.add_argument("--ci", action="store_true", help="derandomised: the same examples on every run")
-    r.add_argument("--out", default="reports", help="output folder (default: reports)")
-    r.add_argument("--spec", default=None, help="spec file (default: the packaged cross_entropy.yaml)")
-    r.add_argument("--known", action="append", default=None,
-                   help="known-divergence file (repeatable; default: the shipped files for the built-ins)")
-    r.add_argument("--strict", action="store_true", help="known divergences fail the run too")
-    r.add_argument("--baseline", default=None, help="results.json of an earlier run")
-    r.add_argument("--check", action="append", default=[], help="only checks whose id starts with this")
-    r.add_argument("-n", "--workers", default=None, help="pytest-xdist workers (e.g. auto)")
-    r.add_argument("--no-report", action="store_true", help="skip the HTML report")
-    r.add_argument("-v", "--verbose", action="store_true",
-                   help="also show pytest's own output (one line per adapter x check item, its summary)")
-    r.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
-                   help="per-check timeout for an adapter (default 600); a hung adapter costs one timeout, "
-                        "then its remaining checks are errors")
-    r.add_argument("--no-isolation", action="store_true",
-                   help="run adapters in this process: no worker processes, no crash containment, no timeout")
-    r.add_argument("--shard", default=None, metavar="I/N",
-                   help="run shard I of N (split by expected cost); merge with: ce-conformance report */results.json")
-    r.add_argument("--database", action="append", default=[], metavar="DIR|redis://HOST:PORT/DB|github:OWNER/REPO",
-                   help="Hypothesis example database to read and write (repeatable; default .hypothesis/ce-conformance)")
-    r.add_argument("--database-readonly", action="append", default=[], metavar="DIR|redis://...|github:OWNER/REPO",
-                   help="example database to read only (repeatable): replay what CI found without writing to it")
+    add_to_argparse(r)  # one table with the pytest plugin's options: conformance/runner/options.py
 
     s = sub.add_parser("spec", help="validate or show spec files")
     ssub = s.add_subparsers(dest="spec_command", required=True)
@@ -75,9 +51,10 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmark: wall time, harness share, JAX compile hits, time to first "
                                      "failure of the planted bugs, oracle throughput (JSON and a table)")
-    b.add_argument("--profile", action="append", default=None, choices=["quick", "default", "thorough"],
+    b.add_argument("--profile", action="append", default=None, choices=list(PROFILES),
                    help="profile(s) to time (repeatable; default: quick and default)")
-    b.add_argument("--adapter", action="append", default=None, help="adapters to time (default numpy, torch-cpu, jax-cpu)")
+    b.add_argument("--adapter", action="append", default=None,
+                   help="adapters to time (default numpy, torch-cpu, jax-cpu)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--seeds", type=int, default=3, help="seeds per planted bug (median and worst over them)")
     b.add_argument("--skip", action="append", default=[], choices=["runs", "planted", "oracle"],
@@ -92,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "spec": cmd_spec, "report": cmd_report, "diff": cmd_diff,
                 "repro": cmd_repro, "adapters": cmd_adapters, "bench": cmd_bench}[args.command](args)
+    except UserError as exc:  # a spec, config, known file, shard, database...: one message, exit 2
+        return _error(str(exc))
     except KeyboardInterrupt:
         ERR.print("[red]interrupted[/]")
         return 2
@@ -136,35 +115,25 @@ def _path_problem(path: str, *, folder: bool, option: str) -> str | None:
     return None
 
 
-def _known_default(adapters: list[str]) -> list[str]:
-    folder = Path(__file__).parent / "known"
-    return sorted(str(p) for p in folder.glob("*.yaml")) if folder.exists() else []
-
-
 def cmd_run(args) -> int:
     import pytest
 
-    from . import spec_consistency
-    from .session import ConfigError, load_adapters, load_known
-    from .spec import SpecError, load, load_default
+    from .. import spec_consistency
+    from ..spec import load, load_default
+    from .session import load_adapters, load_baseline, load_known, shipped_known_files
 
     problem = _path_problem(args.out, folder=True, option="--out")
     if problem:
         return _error(problem)
-    try:
-        spec = load(args.spec) if args.spec else load_default()
-        adapters = load_adapters(args.adapter)
-        known = args.known if args.known is not None else _known_default(list(adapters))
-        load_known(known)
-        if args.baseline:
-            from .session import load_baseline
-            load_baseline(args.baseline)
-        problem = _scale_problem(args)
-        if problem:
-            return _error(problem)
-        spec_consistency.check(spec)  # last: it costs about a second, the checks above far less
-    except (SpecError, ConfigError) as exc:
-        return _error(str(exc))
+    # every input checked before pytest starts: a fault is one message and exit 2 (main())
+    spec = load(args.spec) if args.spec else load_default()
+    adapters = load_adapters(args.adapter)
+    if args.known is None:
+        args.known = shipped_known_files()
+    load_known(args.known)
+    load_baseline(args.baseline)
+    _check_scale(args)
+    spec_consistency.check(spec)  # last: it costs about a second, the checks above far less
     for a in adapters.values():
         why = a.unavailable()
         ERR.print(f"adapter {a.name}: " + (f"[yellow]skipped ({why})[/]" if why else "[green]ready[/]"))
@@ -177,61 +146,40 @@ def cmd_run(args) -> int:
             b = Path(args.baseline).resolve()
             if b.parent == out.resolve() and (moved / b.name).exists():
                 args.baseline = str(moved / b.name)
-    suite = Path(__file__).with_name("suite.py")
+    suite = Path(__file__).parents[1] / "suite.py"
     junit_tmp = out / ".junit.xml.tmp"  # renamed to junit.xml once pytest has written it whole
     pargs = [str(suite), "-p", "no:cacheprovider",
              f"--junitxml={junit_tmp}", "-o", "junit_family=xunit2", "-o", "console_output_style=count",
              "-W", "ignore:record_property is incompatible:pytest.PytestWarning",
-             "-W", "ignore::pytest.PytestAssertRewriteWarning",
-             f"--ce-profile={args.profile}", f"--ce-out={out}", f"--ce-timeout={args.timeout}"]
-    for a in args.adapter:
-        pargs.append(f"--ce-adapter={a}")
-    for k in known:
-        pargs.append(f"--ce-known={k}")
-    for c in args.check:
-        pargs.append(f"--ce-check={c}")
-    if args.seed is not None:
-        pargs.append(f"--ce-seed={args.seed}")
-    if args.ci:
-        pargs.append("--ce-derandomize")
-    if args.strict:
-        pargs.append("--ce-strict")
-    if args.no_isolation:
-        pargs.append("--ce-no-isolation")
-    if args.spec:
-        pargs.append(f"--ce-spec={args.spec}")
-    if args.baseline:
-        pargs.append(f"--ce-baseline={args.baseline}")
-    if args.shard:
-        pargs.append(f"--ce-shard={args.shard}")
-    pargs += [f"--ce-database={d}" for d in args.database]
-    pargs += [f"--ce-database-readonly={d}" for d in args.database_readonly]
+             "-W", "ignore::pytest.PytestAssertRewriteWarning"]
+    pargs += plugin_args(args)
     if args.workers:
         if importlib.util.find_spec("xdist") is None:
-            ERR.print("[red]error:[/] -n needs pytest-xdist: pip install pytest-xdist")
-            return 2
+            return _error("-n needs pytest-xdist; fix: pip install pytest-xdist")
         pargs += ["-n", str(args.workers)]
     # One summary, ce-conformance's: pytest's terminal output only with -v.
     pargs += ["-v", "--no-header", "-rN", "--tb=no"] if args.verbose else ["-p", "no:terminal"]
     _forget_hypothesis_side_effects()
     import signal
 
-    from . import pytest_plugin
-    pytest_plugin._STATE.clear()  # a fresh run: main() may be called more than once in a process
-    pytest_plugin._STATE["argv"] = ["ce-conformance"] + (sys.argv[1:] if argv_is_cli() else [])
-    previous = pytest_plugin.install_sigterm()  # SIGTERM = SIGINT: reports written, exit 2
+    from .pytest_plugin import HandOff
+    from .session import RunSession
+
+    # a fresh record for each run: main() may be called more than once in a process
+    run = RunSession(argv=["ce-conformance"] + (sys.argv[1:] if argv_is_cli() else []))
+    previous = run.install_sigterm()  # SIGTERM = SIGINT: reports written, exit 2
     try:
-        code = pytest.main(pargs)
-        pytest_plugin._STATE["finishing"] = True  # a late SIGTERM is recorded, the reports still written
+        code = pytest.main(pargs, plugins=[HandOff(run)])
+        run.finishing = True  # a late SIGTERM is recorded, the reports still written
         if not args.verbose:
-            for line in pytest_plugin._STATE.get("summary_lines", []):
+            for line in run.summary_lines:
                 print(line)
         if junit_tmp.exists():
             junit_tmp.replace(out / "junit.xml")
         results_file = out / "results.json"
         if results_file.exists() and not args.no_report:
             _render_report([str(results_file)], out)
-        return _run_exit_code(code, out, pytest_plugin._STATE)
+        return _run_exit_code(code, out, run)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -247,32 +195,29 @@ def _forget_hypothesis_side_effects() -> None:
     notice_initialization_restarted(warn=False)
 
 
-def _scale_problem(args) -> str | None:
-    """What is wrong with --shard, --database and --database-readonly (None: nothing)."""
-    from .database import DatabaseError, check, compose
-    from .shard import ShardError, parse
+def _check_scale(args) -> None:
+    """Raise a UserError when --shard, --database or --database-readonly cannot be used."""
+    from .database import check, compose
+    from .session import ConfigError
+    from .shard import parse
 
-    try:
-        if args.shard:
-            parse(args.shard)
-        if args.database or args.database_readonly:
-            if args.ci and args.seed is None:
-                return ("--database/--database-readonly with --ci: a derandomised search cannot use an example "
-                        "database (Hypothesis forbids it); fix: give --seed S instead of --ci, or both")
-            check(compose(args.database, args.database_readonly, default=None))
-    except (ShardError, DatabaseError) as exc:
-        return str(exc)
-    return None
+    if args.shard:
+        parse(args.shard)
+    if args.database or args.database_readonly:
+        if args.derandomize and args.seed is None:
+            raise ConfigError("--database/--database-readonly with --ci: a derandomised search cannot use an "
+                              "example database (Hypothesis forbids it); fix: give --seed S instead of --ci, or both")
+        check(compose(args.database, args.database_readonly, default=None))
 
 
-def _run_exit_code(code, out: Path, state: dict) -> int:
+def _run_exit_code(code, out: Path, run) -> int:
     """0 only when results.json exists and says every check passed (whatever pytest says)."""
     import pytest
 
     from .results import load
 
-    if code == pytest.ExitCode.INTERRUPTED or state.get("sigterm"):
-        ERR.print(f"[yellow]interrupted{' (SIGTERM)' if state.get('sigterm') else ''}: "
+    if code == pytest.ExitCode.INTERRUPTED or run.sigterm:
+        ERR.print(f"[yellow]interrupted{' (SIGTERM)' if run.sigterm else ''}: "
                   f"the reports in {out} hold the checks that finished[/]")
         return 2
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
@@ -282,8 +227,8 @@ def _run_exit_code(code, out: Path, state: dict) -> int:
     except ValueError as exc:
         return _error(f"the run wrote no usable results.json ({exc})")
     results = doc.get("results") or []
-    if state.get("total") and len(results) != state["total"]:
-        return _error(f"results.json holds {len(results)} results for {state['total']} checks run")
+    if run.total and len(results) != run.total:
+        return _error(f"results.json holds {len(results)} results for {run.total} checks run")
     if code == pytest.ExitCode.TESTS_FAILED or any(r.get("status") in ("failed", "error", "flaky") for r in results):
         return 1
     return 0
@@ -320,7 +265,8 @@ def cmd_report(args) -> int:
     out = Path(args.out)
     partial = [f for f in args.results if f.endswith(".jsonl")]
     if len(partial) > 1:
-        return _error(f"{len(partial)} partial results files given; fix: rebuild one at a time, each with its own --out")
+        return _error(f"{len(partial)} partial results files given; fix: rebuild one at a time, each with its "
+                      "own --out")
     files = []
     for f in args.results:
         if f not in partial:
@@ -337,15 +283,13 @@ def cmd_report(args) -> int:
                   + (" (its last line was cut short and is left out)" if truncated else ""))
         files.append(str(path))
     if len(files) > 1:
-        from .merge import MergeError, merge
+        from .merge import merge
 
         problem = _path_problem(str(out), folder=True, option="--out")
         if problem:
             return _error(problem)
         try:
             path, warnings = merge(files, out)
-        except MergeError as exc:
-            return _error(str(exc))
         except OSError as exc:
             return _error(f"cannot write the merged results to {out}: {exc.strerror or exc}")
         ERR.print(f"merged {len(files)} results files into {path} and {out / 'junit.xml'}")
@@ -366,7 +310,7 @@ def cmd_spec(args) -> int:
 
     if args.spec_command == "validate":
         return spec_cli.validate(args.files)
-    from .spec import default_spec_path
+    from ..spec import default_spec_path
     return spec_cli.show(args.file or str(default_spec_path()))
 
 
@@ -377,7 +321,7 @@ def cmd_diff(args) -> int:
         old, new = load(args.old), load(args.new)
     except ValueError as exc:
         return _error(str(exc))
-    from .gate import explained, result_records
+    from ..gate import explained, result_records
 
     o = {r["id"]: r for r in old["results"]}
     n = {r["id"]: r for r in new["results"]}
@@ -400,7 +344,8 @@ def cmd_diff(args) -> int:
         con.print(f"[{style}]{title}: {len(ids)}[/]")
         for i in ids:
             con.print(f"  {i}" + (f"  {n[i]['message'][:200]}" if i in n and n[i].get("message") else ""), markup=False)
-    for title, recs, style in (("new failure signatures", sig_new, "red"), ("fixed failure signatures", sig_fixed, "green")):
+    for title, recs, style in (("new failure signatures", sig_new, "red"),
+                               ("fixed failure signatures", sig_fixed, "green")):
         con.print(f"[{style}]{title}: {len(recs)}[/]")
         for rid, rec in recs:
             note = " (accepted: known or baseline)" if rec.get("accepted_by") else ""

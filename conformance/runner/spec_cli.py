@@ -11,18 +11,18 @@ from __future__ import annotations
 import glob
 import os
 import re
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from . import spec_consistency
-from .formula import CONSTANTS, FUNCTIONS
-from .spec import INPUT_NAMES, Formula, Spec, SpecError, load
+from .. import spec_consistency
+from ..formula import CONSTANTS, FUNCTIONS
+from ..spec import INPUT_NAMES, Formula, Spec, SpecError, load
 
 #: Exit status for a spec that cannot be used (the CLI's usage-error code).
 EXIT_BAD_SPEC = 2
@@ -79,8 +79,10 @@ def _expand(paths: Iterable[str]) -> list[tuple[str, SpecError | None]]:
                                                                 "pass spec files, e.g. specs/*.yaml"))]
         else:
             out.append((p, None))
-    seen: set[str] = set()
-    return [(f, e) for f, e in out if not (f in seen or seen.add(f))]
+    unique: dict[str, SpecError | None] = {}
+    for f, e in out:
+        unique.setdefault(f, e)  # first mention wins, order kept
+    return list(unique.items())
 
 
 def validate(paths: list[str], console: Console | None = None, *, err_console: Console | None = None) -> int:
@@ -132,7 +134,7 @@ def formula_text(source: str, bound: Iterable[str] = ()) -> Text:
     return text
 
 
-def _formulas(out: Console, title: str, formulas: dict[str, Formula | str], bound: Iterable[str], indent: int) -> None:
+def _formulas(out: Console, title: str, formulas: Mapping[str, Formula | str], bound: Iterable[str], indent: int) -> None:
     """Aligned ``name = formula`` lines; never wrapped, so each formula stays on one line."""
     if not formulas:
         return
