@@ -94,12 +94,13 @@ def judge(outcomes, rule: dict | None, skip_dtypes=frozenset()):
                                "what": "loss"}
 
 
-def apply(res, outcomes, spec) -> None:
+def apply(res, outcomes, spec, inputs_npz) -> None:
     """Turn a passing :class:`~conformance.engine.CheckResult` into a failure of
     ``tolerances.unbiased`` when its examples' rounding is one-sided. A check that already
     failed keeps its verdict; where known divergences were accepted ("known"), their dtypes
     are left out (a known float16 error is not a float16 rounding bias, but it does not hide
-    a bfloat16 one)."""
+    a bfloat16 one). ``inputs_npz`` (the engine's ``case_inputs_npz``, passed in so that this
+    module does not import the engine) stores the example's inputs."""
     if res.status not in ("passed", "variant", "known"):
         return
     skip = frozenset()
@@ -111,7 +112,6 @@ def apply(res, outcomes, spec) -> None:
     if found is None:
         return
     from .compare import Verdict
-    from .engine import case_inputs_npz
     from .gate import signature
 
     msg, case, figures = found
@@ -122,4 +122,4 @@ def apply(res, outcomes, spec) -> None:
     res.failure = {"clause": "tolerances.unbiased", "what": "loss", "message": msg, "expected": verdict.expected,
                    "actual": verdict.actual, "bias": figures, "counterexample": case.describe(),
                    "signature": signature(res.kind, verdict, case), "seed": res.seed}
-    res.failure_inputs = case_inputs_npz(case)
+    res.failure_inputs = inputs_npz(case)

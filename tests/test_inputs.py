@@ -23,7 +23,7 @@ from conformance.case import Case  # noqa: E402
 from conformance.checks import Context, catalogue  # noqa: E402
 from conformance.engine import run_check  # noqa: E402
 from conformance.gate import FailureFilter, signature_key  # noqa: E402
-from conformance.session import load_known  # noqa: E402
+from conformance.runner.session import load_known  # noqa: E402
 from conformance.spec import default_spec_path, load_default  # noqa: E402
 
 SPEC = load_default()
