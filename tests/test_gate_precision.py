@@ -86,13 +86,8 @@ def test_only_known_divergences_give_known(tmp_path):
 def test_shrunk_new_failure_never_matches_a_known_entry(tmp_path):
     """Shrinking must not walk the new failure into the known one's option classes."""
     gate = FailureFilter(known=_known(tmp_path))
-    # the first of a few seeds whose search meets the regression (its detection needs a
-    # loss far from 0, which a covering row does not always draw)
-    for seed in range(3, 8):
-        r = run_check(_ctx("known_plus_regression"), CHECKS["gradient.index"], seed=seed, gate=gate)
-        if r.status == "failed":
-            break
-    assert r.status == "failed", r.message
+    r = run_check(_ctx("known_plus_regression"), CHECKS["gradient.index"], seed=3, gate=gate)
+    assert r.status == "failed"
     assert r.failure["counterexample"]["dtype"] == "float32"
 
 
