@@ -172,6 +172,16 @@ MODIFIERS: dict[str, Modifier] = {
                                         "weight_positive_or_absent": True, "min_classes": 2, "min_positions": 1}),
     "empty_spatial": Modifier("a zero-size spatial axis with N > 0", {"ranks": (3, 4, 5), "empty_spatial": True},
                               needs=("empty",)),
+    # many rounding decisions per example for tolerances.unbiased (conformance/bias.py): one
+    # loss per row, each a log-probability of its own (no smoothing, weight or ignored rows),
+    # rows distinct (no broadcast batch entry), so one example gives dozens of samples
+    "distinct_rows": Modifier("64 or more rows (domains.sizes.rounding_rows) of ordinary logits, index targets, "
+                              "no weight, no smoothing, nothing ignored, no broadcast batch entries",
+                              {"ranks": (2,), "target_kinds": ("index",), "shape_kind": "rows", "no_ignored": True,
+                               "weight": "absent", "no_smoothing": True, "regime": "ordinary", "min_classes": 2,
+                               "distinct_rows": True}),
+    "bfloat16": Modifier("bfloat16 only", {"dtypes": ("bfloat16",)}),
+    "float16": Modifier("float16 only", {"dtypes": ("float16",)}),
 }
 for _eid in ("shift", "logit_scale", "softcap", "z_loss", "normalizer", "return_lse"):
     MODIFIERS[f"with_{_eid}"] = Modifier(f"extension {_eid} on", {"target_kinds": ("index",), "extensions": (_eid,)})
@@ -337,6 +347,8 @@ def cases(draw, spec, req: Request) -> Case:
         batch_shape = (draw(st.sampled_from(sizes["large_batch"]), label="batch"),)
     elif shape_kind == "vocab":
         batch_shape = (draw(st.sampled_from(sizes.get("boundary_batch", [1])), label="batch"),)
+    elif shape_kind == "rows":
+        batch_shape = (draw(st.sampled_from(sizes.get("rounding_rows", [64])), label="batch"),)
     elif shape_kind == "chunk":
         # rows around chunk sizes (a mean of per-chunk means, a partial last chunk), small C
         C = C if C <= 64 else draw(st.sampled_from([c for c in sizes["classes"] if c <= 64] or [2]), label="chunk_classes")
@@ -413,7 +425,8 @@ def cases(draw, spec, req: Request) -> Case:
     if shape_kind == "vocab" and P and C > 1:
         _late_maximum(draw, x)
     layout_menu = [lay for lay in spec.domains.get("layouts", ["contiguous"])
-                   if layouts.valid(lay, rank, batch_shape[0] if batch_shape else None)]
+                   if layouts.valid(lay, rank, batch_shape[0] if batch_shape else None)
+                   and not (force.get("distinct_rows") and lay == "expanded")]
     layout = _draw_pinned(draw, pins, "layout", layout_menu)
     if layout == "expanded" and P:
         xb = x.reshape(batch_shape[0], -1, C)

@@ -65,14 +65,47 @@ def test_correct_input_handling_is_never_flagged(name, seed):
     assert not bad, "\n".join(bad)
 
 
-def test_bf16_truncation_is_caught_by_the_bias_rule_only():
+@pytest.mark.parametrize("seed", range(3))
+def test_bf16_truncation_is_caught_by_the_bias_rule_only(seed):
     """Every element of the truncating implementation is within its bound: only the sign
-    test over the check's examples sees it."""
-    r = run_check(_ctx("bf16_truncated_rows"), CHECKS["forward.index"], seed=0, gate=FailureFilter(known=KNOWN))
+    test over the check's examples sees it. The rounding special case gives it dozens of
+    samples per example, so it is caught whatever the seed."""
+    r = run_check(_ctx("bf16_truncated_rows"), CHECKS["special.rounding_bfloat16"], seed=seed,
+                  gate=FailureFilter(known=KNOWN))
     assert r.status == "failed" and r.failure["clause"] == "tolerances.unbiased", r.message
     fig = r.failure["bias"]
     assert fig["dtype"] == "bfloat16" and fig["n"] >= SPEC.tolerances.unbiased["min_samples"]
+    assert fig["negative"] == fig["n"]  # truncation of positive losses: every rounding below
     assert fig["p"] < SPEC.tolerances.unbiased["alpha"] and fig["mean_half_ulps"] <= -SPEC.tolerances.unbiased["min_mean"]
+
+
+@pytest.mark.parametrize("name", ["half_in_float32", "float64_round_once", "torch-cpu"])
+def test_round_to_nearest_is_not_one_sided(name):
+    """Correct half-precision implementations pass the rounding special cases (the sign
+    test has samples enough to judge them: at least min_samples per dtype)."""
+    import planted
+
+    from conformance.adapters import resolve
+
+    adapter = resolve(name) if name == "torch-cpu" else \
+        TorchFunctionAdapter(getattr(planted, name), f"planted-{name}", capabilities=Capabilities())
+    ctx = Context(SPEC, adapter, profile="default", extra_specs=EXTRA)
+    for dtype in ("bfloat16", "float16"):
+        seen = []
+        judge = bias.judge
+
+        def spy(outcomes, rule, skip=frozenset(), seen=seen):
+            outcomes = list(outcomes)
+            seen.extend({lo for o in outcomes for v in o.verdicts for lo, _z in (getattr(v, "signed", None) or ())})
+            return judge(outcomes, rule, skip)
+
+        bias.judge = spy
+        try:
+            r = run_check(ctx, CHECKS[f"special.rounding_{dtype}"], seed=0, gate=FailureFilter(known=KNOWN))
+        finally:
+            bias.judge = judge
+        assert r.status == "passed", (dtype, r.message)
+        assert len(set(seen)) >= SPEC.tolerances.unbiased["min_samples"], (dtype, len(set(seen)))
 
 
 def test_sign_test():
