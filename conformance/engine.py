@@ -29,6 +29,7 @@ from . import strategies as strat
 from .checks import Check, CheckFailure, Context, NotSupported, Outcome
 from .gate import OPTION_CLASSES, FailureFilter, option_classes, signature, signature_key
 
+
 @dataclass
 class CheckResult:
     adapter: str
@@ -74,7 +75,7 @@ class CheckResult:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "CheckResult":
+    def from_json(cls, d: dict[str, Any]) -> CheckResult:
         """The inverse of :meth:`to_json` (unknown keys ignored; failure inputs from
         ``failure_inputs_b64`` when present)."""
         import base64
