@@ -153,7 +153,7 @@ def _not_supported(ctx: Context, check: Check) -> str | None:
     if check.kind == "error" and not caps.raises_on_invalid:
         clause = ctx.spec.errors[check.id.split(".", 1)[1]]
         if not any(clause.id in v.replaces_errors and v.id in caps.variants for v in ctx.spec.variants.values()):
-            if clause.make in ("target_at_least_C", "target_negative_not_ignored"):
+            if strat.MUTATIONS[clause.make].needs.data_validation:
                 return "the adapter declares that it cannot raise on data values"
     return None
 

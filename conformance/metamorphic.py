@@ -16,6 +16,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from .case import Case, as_float64, np_dtype
+from .registry import Entry, Registry
 
 
 def same(a):
@@ -130,15 +131,18 @@ def _decompose(case: Case, draw):
 #: Transforms that permute positions: the only ones a "permuted" relation may name.
 PERMUTING = frozenset({"permute_batch"})
 
-#: name -> (doc, transform)
-TRANSFORMS: dict[str, tuple[str, Callable]] = {
-    "identity": ("the case itself", _identity),
-    "shift_logits_per_position": ("add a power of two to every logit of a position, one per position", _shift),
-    "permute_batch": ("permute the batch axis", _batch_perm),
-    "duplicate_batch": ("concatenate the batch with itself", _duplicate),
-    "permute_classes": ("permute classes of logits, weight and targets together", _class_perm),
-    "scale_weights": ("multiply every weight by a power of two", _scale_weights),
-    "remove_ignored": ("drop the ignored positions", _remove_ignored),
-    "index_to_one_hot": ("replace class indices with one-hot probabilities", _one_hot),
-    "nll_loss_of_log_softmax": ("call nll_loss on log_softmax instead", _decompose),
-}
+#: ``fn(case, draw)`` -> (the transformed case, how outputs correspond), or None when the
+#: transform does not apply to the case.
+TRANSFORMS: Registry[Entry] = Registry("metamorphic transform", "TRANSFORMS in conformance/metamorphic.py")
+for _name, _doc, _fn in (
+    ("identity", "the case itself", _identity),
+    ("shift_logits_per_position", "add a power of two to every logit of a position, one per position", _shift),
+    ("permute_batch", "permute the batch axis", _batch_perm),
+    ("duplicate_batch", "concatenate the batch with itself", _duplicate),
+    ("permute_classes", "permute classes of logits, weight and targets together", _class_perm),
+    ("scale_weights", "multiply every weight by a power of two", _scale_weights),
+    ("remove_ignored", "drop the ignored positions", _remove_ignored),
+    ("index_to_one_hot", "replace class indices with one-hot probabilities", _one_hot),
+    ("nll_loss_of_log_softmax", "call nll_loss on log_softmax instead", _decompose),
+):
+    TRANSFORMS.add(Entry(_name, _doc, _fn))
