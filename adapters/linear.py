@@ -57,7 +57,7 @@ def linear_cross_entropy(hidden, classifier, target, bias=None, *, weight=None, 
             return a
         if reduction == "sum":
             return a.sum() / normalizer if normalizer is not None else a.sum()
-        return a.sum() / den   # 0/0: NaN, as the spec says
+        return torch.where(den == 0, torch.full_like(den, float("nan")), a.sum() / den)  # den 0: NaN, as the spec says
 
     per = ce + z
     return red(per).to(dt), red(z).to(dt).detach(), lse.to(dt).detach()

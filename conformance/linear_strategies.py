@@ -81,7 +81,8 @@ def linear_cases(draw, spec, req) -> Case:
     hidden_menu = list(dom["hidden"])
     vmenu = [c for c in vocab.get("classes", ()) if req.max_classes is None or c <= req.max_classes]
     if vmenu and not req.modifiers and not req.pins and req.allow_long \
-            and draw(st.integers(0, 999), label="vocab_draw") < 1000 * float(vocab.get("share", 0.0)):
+            and draw(st.integers(0, 999), label="vocab_draw") >= 1000 * (1 - float(vocab.get("share", 0.0))):
+        # (at the top of the range, so that a shrinking failure leaves the large vocabulary if it can)
         sizes = {**spec.domains["sizes"], "classes": vmenu, "batch": list(vocab.get("batch", [1]))}
         sizes.pop("large_batch", None)
         plain = replace(plain, raw={**plain.raw, "domains": {**plain.domains, "sizes": sizes}})
