@@ -229,9 +229,10 @@ def _form(d, lines, err, f):
             if x not in ARGS:
                 raise at("args", i, message=f"unknown argument {x!r}{did_you_mean(x, ARGS)}",
                          fix=f"use {', '.join(ARGS)}")
-        if "logits" not in a or "target" not in a:
-            raise at("args", message="'args' must place both logits and target",
-                     fix="write e.g. 'args: [logits, target]'")
+        linear = "hidden" in a or "classifier" in a
+        if "target" not in a or ("logits" not in a and not linear) or (linear and not {"hidden", "classifier"} <= set(a)):
+            raise at("args", message="'args' must place target and either logits or hidden and classifier",
+                     fix="write e.g. 'args: [logits, target]' or 'args: [hidden, classifier, target, bias]'")
         kw["args"] = tuple(a)
     if "layout" in d:
         if d["layout"] not in LAYOUTS:
