@@ -230,9 +230,12 @@ def _form(d, lines, err, f):
                 raise at("args", i, message=f"unknown argument {x!r}{did_you_mean(x, ARGS)}",
                          fix=f"use {', '.join(ARGS)}")
         linear = "hidden" in a or "classifier" in a
-        if "target" not in a or ("logits" not in a and not linear) or (linear and not {"hidden", "classifier"} <= set(a)):
-            raise at("args", message="'args' must place target and either logits or hidden and classifier",
-                     fix="write e.g. 'args: [logits, target]' or 'args: [hidden, classifier, target, bias]'")
+        if not linear and ("logits" not in a or "target" not in a):
+            raise at("args", message="'args' must place both logits and target",
+                     fix="write e.g. 'args: [logits, target]'")
+        if linear and ("target" not in a or not {"hidden", "classifier"} <= set(a)):
+            raise at("args", message="a linear form's 'args' must place hidden, classifier and target",
+                     fix="write e.g. 'args: [hidden, classifier, target, bias]'")
         kw["args"] = tuple(a)
     if "layout" in d:
         if d["layout"] not in LAYOUTS:

@@ -92,8 +92,8 @@ def chunked_fp32(hidden, classifier, target, bias=None, *, reduction="mean", shi
         lo, z, lse = _compose(lin, h[r:r + chunk_rows], W, t[r:r + chunk_rows], b, reduction="none",
                               ignore_index=ignore_index, weight=w, **kw)
         losses.append(lo)
-        zs.append(z)
-        lses.append(lse)
+        zs.append(torch.zeros_like(lo) if z is None else z)       # the plain path returns no z-loss / lse
+        lses.append(torch.zeros_like(lo) if lse is None else lse)
     per, z, lse = torch.cat(losses), torch.cat(zs), torch.cat(lses)
     valid = t != ignore_index
     wt = torch.ones_like(per) if w is None else w[torch.where(valid, t, 0)]
