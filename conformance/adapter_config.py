@@ -206,9 +206,13 @@ def _form(d, where: YamlLocator, err, f):
             if x not in ARGS:
                 raise at("args", i, message=f"unknown argument {x!r}{did_you_mean(x, ARGS)}",
                          fix=f"use {', '.join(ARGS)}")
-        if "logits" not in a or "target" not in a:
+        linear = "hidden" in a or "classifier" in a
+        if not linear and ("logits" not in a or "target" not in a):
             raise at("args", message="'args' must place both logits and target",
                      fix="write e.g. 'args: [logits, target]'")
+        if linear and ("target" not in a or not {"hidden", "classifier"} <= set(a)):
+            raise at("args", message="a linear form's 'args' must place hidden, classifier and target",
+                     fix="write e.g. 'args: [hidden, classifier, target, bias]'")
         kw["args"] = tuple(a)
     if "layout" in d:
         if d["layout"] not in LAYOUTS:

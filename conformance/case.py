@@ -58,6 +58,9 @@ class Case:
     #: LLM-kernel options of the spec's ``extensions:`` that are on ({"softcap": 30.0,
     #: "z_loss": 1e-4, "shift": True, ...}); empty for plain F.cross_entropy.
     extensions: dict[str, Any] = field(default_factory=dict)
+    #: The linear form (specs/linear_cross_entropy.yaml): {"hidden": (P, H), "classifier": (C, H),
+    #: "bias": (C,) or None} in the dtype under test; ``x`` then holds the logits rounded to it.
+    linear: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ derived facts
     @property
@@ -187,6 +190,8 @@ class Case:
             d["legacy"] = dict(self.legacy)
         if self.extensions:
             d["extensions"] = {k: _jsonable(v) for k, v in self.extensions.items()}
+        if self.linear is not None:
+            d["linear"] = {k: arr(v) if v is not None else None for k, v in self.linear.items()}
         if self.modifiers:
             d["modifiers"] = list(self.modifiers)
         if self.purpose:

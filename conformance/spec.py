@@ -178,6 +178,8 @@ class Spec:
     marks: Any = field(default=None, repr=False, compare=False)
     #: The ``extensions:`` section, in :data:`EXTENSION_ORDER` (empty when the spec has none).
     extensions: dict[str, Extension] = field(default_factory=dict, repr=False)
+    #: The ``linear:`` section of a composed spec (conformance/linear.py: LinearSection), None otherwise.
+    linear: Any = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return f"Spec({self.operation} {self.version}, {self.file!r}, sha256 {self.sha256[:12]})"
@@ -559,6 +561,14 @@ def loads(text: str, *, file: str = "<string>") -> Spec:
     if errors:
         best = jsonschema.exceptions.best_match(errors)
         raise _schema_error(best, file, marks, raw)
+    if "base" in raw:  # a composed spec (linear_cross_entropy): the base spec's loss on computed logits
+        from .linear import build_composed
+        try:
+            spec = build_composed(raw, text, file)
+        except _Fault as fault:
+            raise fault.error(file, marks) from None
+        _check_references(spec, marks)
+        return replace(spec, marks=marks)
     try:
         _check_tolerances(raw["tolerances"]["dtypes"])
         _check_domains(raw["domains"])
