@@ -19,6 +19,7 @@ from hypothesis import assume
 
 from conformance.adapters.base import Adapter, InputsMutated
 from . import metamorphic as mm
+from . import linear_strategies
 from . import strategies as strat
 from .case import Case, as_float64, np_dtype
 from .compare import Judge, Verdict
@@ -202,7 +203,7 @@ def _draw_case(ctx: Context, draw, check_id: str, *, legacy: bool = True, extens
         req = strat.Request(**{**req.__dict__, "extensions": frozenset()})
     if not req.dtypes or not req.ranks or not req.target_kinds or not req.reductions:
         raise NotSupported("the adapter declares no support for what this check needs")
-    case = draw(strat.cases(ctx.spec, req), label="case")
+    case = draw(linear_strategies.cases_of(ctx.spec, req), label="case")
     why = ctx.adapter.capabilities.unsupported(case, need_gradient=kw.get("gradient", False))
     assume(why is None)
     return case
@@ -298,7 +299,7 @@ def _error(eid: str):
             raise NotSupported("no supported input shape for this mutation")
         req = strat.Request(**{**req.__dict__, "allow_long": False, "allow_legacy": False,
                                "extensions": frozenset()})  # the mutation adds what it needs
-        valid = draw(strat.cases(ctx.spec, req), label="valid_case")
+        valid = draw(linear_strategies.cases_of(ctx.spec, req), label="valid_case")
         assume(ctx.adapter.capabilities.unsupported(valid) is None)
         assert mutation.fn is not None
         case = mutation.fn(valid, draw)

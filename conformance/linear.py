@@ -12,12 +12,13 @@ three places only:
 - the judge (:meth:`LinearSection.forward_bound`, :meth:`LinearSection.gradient_bound`,
   :meth:`LinearSection.output_bound`): the spec's ``linear.tolerance`` terms, evaluated in
   the dtype's units (specs/README.md, "The linear form");
-- the strategies and mutations live in conformance/linear_strategies.py.
+- the strategies live in conformance/linear_strategies.py, the error mutations and transforms
+  with the others (conformance/strategies.py MUTATIONS, conformance/metamorphic.py TRANSFORMS),
+  and the composed spec is built by conformance/spec.py (``_build_composed``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -121,65 +122,3 @@ class LinearSection:
             dG = base + judge._finite(pushed) + t.u * np.abs(judge._finite(env["G"]))
             b = np.asarray(self.tolerance_gradients[wrt].evaluate(dict(env, dG=dG)), dtype=np.float64)
         return np.where(np.isfinite(b), b, 0.0)
-
-
-# --------------------------------------------------------------------------- building
-def build_composed(raw: dict, text: str, file: str):
-    """The composed Spec: the base spec's index path, extensions, variants and tolerances, the
-    inherited special cases and error clauses, and this file's own clauses and linear section."""
-    import hashlib
-
-    from . import linear_strategies  # noqa: F401  (registers the mutations and transforms named below)
-    from . import spec as S
-
-    base_file = Path(file).parent / f"{raw['base']}.yaml"
-    base = S.load(base_file if base_file.is_file() else S.default_spec_path(raw["base"]))
-    if "index" not in base.paths:
-        raise S._Fault(("base",), f"{raw['base']} has no index path", "compose a spec with an index path")
-    domains = {**base.raw["domains"], **raw["domains"]}
-    for i, kind in enumerate(domains["target_kinds"]):
-        if kind != "index":
-            raise S._Fault(("domains", "target_kinds", i), f"the linear form takes class indices only, not '{kind}'",
-                           "write target_kinds: [index]")
-    inherit = raw.get("inherit") or {}
-    special = {}
-    for i, sid in enumerate(inherit.get("special_cases") or ()):
-        if sid not in base.special_cases:
-            raise S._Fault(("inherit", "special_cases", i), f"{raw['base']} has no special case '{sid}'",
-                           S._did_you_mean(sid, base.special_cases) + f"known: {', '.join(base.special_cases)}")
-        special[sid] = base.special_cases[sid]
-    errors = {}
-    for i, eid in enumerate(inherit.get("errors") or ()):
-        if eid not in base.errors:
-            raise S._Fault(("inherit", "errors", i), f"{raw['base']} has no error clause '{eid}'",
-                           S._did_you_mean(eid, base.errors) + f"known: {', '.join(base.errors)}")
-        errors[eid] = base.errors[eid]
-    # this file's own clauses, built by the ordinary loader on a skeleton around them
-    own = S._build({**base.raw, **{k: raw.get(k) or {} for k in ("special_cases", "errors", "metamorphic")},
-                    "variants": {}, "extensions": {}, "paths": {"index": base.raw["paths"]["index"]},
-                    "domains": domains}, text, file)
-    special.update(own.special_cases)
-    errors.update(own.errors)
-
-    idx = base.paths["index"]
-    path_names = set(S.PATH_INPUTS["index"]) | set(idx.bindings)
-    for g in idx.gradients.values():
-        path_names |= set(g.bindings)
-    lin = raw["linear"]
-    logits = S._parse(lin["logits"], LINEAR_INPUTS, ("linear", "logits"))
-    gradients = {w: S._parse(lin["gradients"][w], LINEAR_INPUTS | {"G"}, ("linear", "gradients", w)) for w in WRTS}
-    tol = lin["tolerance"]
-    known = set(path_names | LINEAR_INPUTS | TOLERANCE_INPUTS)
-    bindings = S._bindings(tol["bindings"], known, ("linear", "tolerance", "bindings"))
-    forward = S._parse(tol["forward"], known, ("linear", "tolerance", "forward"))
-    sensitivity = S._parse(tol["sensitivity"], known, ("linear", "tolerance", "sensitivity"))
-    tgrads = {w: S._parse(tol["gradients"][w], known | {"dG"}, ("linear", "tolerance", "gradients", w)) for w in WRTS}
-    outputs = {k: S._parse(v, known, ("linear", "tolerance", "outputs", k)) for k, v in (tol.get("outputs") or {}).items()}
-    section = LinearSection(logits, gradients, bindings, forward, sensitivity, tgrads, outputs, dict(lin["domain"]))
-    merged = {**base.raw, **raw, "domains": domains, "paths": {"index": base.raw["paths"]["index"]},
-              "tolerances": base.raw["tolerances"], "variants": base.raw.get("variants") or {},
-              "extensions": base.raw.get("extensions") or {}}
-    return replace(base, file=file, version=raw["spec_version"], operation=raw["operation"], reference=raw["reference"],
-                   summary=raw["summary"], sha256=hashlib.sha256(text.encode()).hexdigest(), raw=merged,
-                   paths={"index": idx}, special_cases=special, errors=errors, metamorphic=own.metamorphic,
-                   linear=section, marks=None)

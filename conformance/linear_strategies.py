@@ -12,8 +12,8 @@ a classifier and a bias whose logits land in the drawn regime:
 - confident: one hidden column per position (when H > P) carries the target's margin of 15 to
   40 over the other logits; with fewer columns the targets become each row's largest logit.
 
-The mutations and transforms register themselves in conformance/strategies.py MUTATIONS and
-conformance/metamorphic.py TRANSFORMS, where the spec's ``make`` / ``transform`` names them.
+Its error mutations live with the others in conformance/strategies.py (MUTATIONS) and its
+metamorphic transforms in conformance/metamorphic.py (TRANSFORMS).
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from dataclasses import replace
 import numpy as np
 from hypothesis import strategies as st
 
-from . import metamorphic as mm
 from . import strategies as strat
 from .case import Case, as_float64, np_dtype
 
@@ -104,69 +103,7 @@ def linear_cases(draw, spec, req) -> Case:
     return case.copy(x=x, target=target, linear={"hidden": h, "classifier": W, "bias": b})
 
 
-# --------------------------------------------------------------------------- mutations
-def _classifier_hidden_mismatch(case: Case, draw):
-    if case.linear is None:
-        return None
-    W = np.asarray(case.linear["classifier"])
-    extra = np.ones((W.shape[0], 1), dtype=W.dtype)
-    return case.copy(linear={**case.linear, "classifier": np.concatenate([W, extra], axis=1)},
-                     purpose=f"classifier of shape {(W.shape[0], W.shape[1] + 1)} for hidden size {W.shape[1]}")
-
-
-def _bias_wrong_length(case: Case, draw):
-    if case.linear is None:
-        return None
-    C = case.num_classes
-    n = draw(st.sampled_from([C + 1] + ([C - 1] if C > 1 else [])), label="bias_length")
-    return case.copy(linear={**case.linear, "bias": np.ones(n, dtype=case.x.dtype)},
-                     purpose=f"bias of length {n} for C={C}")
-
-
-strat.MUTATIONS.update({
-    "classifier_hidden_mismatch": ("a classifier whose hidden size differs from the hidden states'",
-                                   _classifier_hidden_mismatch),
-    "bias_wrong_length": ("a bias whose length is not C", _bias_wrong_length),
-})
-strat.MUTATION_NEEDS.update({
-    "classifier_hidden_mismatch": {"target_kinds": ("index",)},
-    "bias_wrong_length": {"target_kinds": ("index",), "features": ("linear_bias",)},
-})
-
-
-# --------------------------------------------------------------------------- transforms
-def _permute_hidden_rows(case: Case, draw):
-    if case.linear is None or case.positions < 2:
-        return None
-    perm = np.array(draw(st.permutations(list(range(case.positions))), label="position_permutation"))
-    lin = {**case.linear, "hidden": np.asarray(case.linear["hidden"])[perm]}
-    new = case.copy(x=case.x[perm], target=np.asarray(case.target)[perm], upstream=None, linear=lin,
-                    purpose=f"positions permuted by {perm.tolist()[:16]}")
-    return new, lambda out: np.asarray(out)[perm] if np.ndim(out) else out
-
-
-def _permute_classifier_rows(case: Case, draw):
-    C = case.num_classes
-    if case.linear is None or C < 2:
-        return None
-    perm = np.array(draw(st.permutations(list(range(C))), label="class_permutation"))
-    inv = np.argsort(perm)
-    t = np.asarray(case.target).copy()
-    ok = (t >= 0) & (t < C)
-    t[ok] = inv[t[ok]]
-    ii = case.ignore_index
-    if 0 <= ii < C:   # an ignored class index moves with the labels (already relabelled above)
-        ii = int(inv[ii])
-    b = case.linear.get("bias")
-    lin = {**case.linear, "classifier": np.asarray(case.linear["classifier"])[perm],
-           "bias": None if b is None else np.asarray(b)[perm]}
-    return case.copy(x=case.x[:, perm], target=t, ignore_index=ii, upstream=None, linear=lin,
-                     weight=None if case.weight is None else case.weight[perm],
-                     purpose="classifier rows, bias, weight and labels permuted"), mm.same
-
-
-mm.TRANSFORMS.update({
-    "permute_hidden_rows": ("hidden rows and targets permuted together", _permute_hidden_rows),
-    "permute_classifier_rows": ("classifier rows, bias, weight and labels permuted together", _permute_classifier_rows),
-})
-mm.PERMUTING = mm.PERMUTING | {"permute_hidden_rows"}
+def cases_of(spec, req):
+    """The case strategy of ``spec``: the linear form's for a spec with a ``linear:`` section,
+    cross_entropy's otherwise (every caller draws through this, so neither module needs the other's)."""
+    return linear_cases(spec, req) if getattr(spec, "linear", None) is not None else strat.cases(spec, req)

@@ -53,6 +53,15 @@ class Modifier(Entry):
     force: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Transform(Entry):
+    """A metamorphic transform: ``fn(case, draw)`` -> (transformed case, output mapping) or None.
+    ``permutes_positions``: the outputs correspond through a permutation of positions, the only
+    kind a spec relation ``permuted`` may name (conformance/spec.py checks it)."""
+
+    permutes_positions: bool = False
+
+
 E = TypeVar("E", bound=Entry)
 
 

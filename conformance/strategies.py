@@ -273,9 +273,6 @@ def _quantise(a: np.ndarray, dtype: str) -> np.ndarray:
 @st.composite
 def cases(draw, spec, req: Request) -> Case:
     """One valid case within ``req`` (mutations for the error contract come later)."""
-    if getattr(spec, "linear", None) is not None:   # hidden, classifier, bias: conformance/linear_strategies.py
-        from .linear_strategies import linear_cases
-        return draw(linear_cases(spec, req))
     force: dict = {}
     applies = []
     for m in req.modifiers:
@@ -551,6 +548,25 @@ def _softcap_nonpositive(case: Case, draw):
     return case.copy(extensions={**case.extensions, "softcap": cap}, purpose=f"softcap={cap!r}")
 
 
+# linear form (specs/linear_cross_entropy.yaml)
+def _classifier_hidden_mismatch(case: Case, draw):
+    if case.linear is None:
+        return None
+    W = np.asarray(case.linear["classifier"])
+    extra = np.ones((W.shape[0], 1), dtype=W.dtype)
+    return case.copy(linear={**case.linear, "classifier": np.concatenate([W, extra], axis=1)},
+                     purpose=f"classifier of shape {(W.shape[0], W.shape[1] + 1)} for hidden size {W.shape[1]}")
+
+
+def _bias_wrong_length(case: Case, draw):
+    if case.linear is None:
+        return None
+    C = case.num_classes
+    n = draw(st.sampled_from([C + 1] + ([C - 1] if C > 1 else [])), label="bias_length")
+    return case.copy(linear={**case.linear, "bias": np.ones(n, dtype=case.x.dtype)},
+                     purpose=f"bias of length {n} for C={C}")
+
+
 #: ``fn(case, draw)`` -> the mutated case, or None when the mutation does not apply to it.
 MUTATIONS: Registry[Entry] = Registry("error mutation", "MUTATIONS in conformance/strategies.py")
 _INDEX = ("index",)
@@ -577,5 +593,9 @@ for _name, _doc, _fn, _needs in (
     ("reduction_unknown", "reduction='average'", _set(reduction="average"), Needs()),
     ("softcap_nonpositive", "softcap <= 0 (extension softcap)", _softcap_nonpositive,
      Needs(target_kinds=_INDEX, extensions=("softcap",))),
+    ("classifier_hidden_mismatch", "a classifier whose hidden size differs from the hidden states'",
+     _classifier_hidden_mismatch, Needs(target_kinds=_INDEX)),
+    ("bias_wrong_length", "a bias whose length is not C", _bias_wrong_length,
+     Needs(target_kinds=_INDEX, features=("linear_bias",))),
 ):
     MUTATIONS.add(Entry(_name, _doc, _fn, _needs))

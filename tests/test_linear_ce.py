@@ -131,6 +131,7 @@ def test_composition_against_torch_float64_autograd():
 def test_drawn_cases_realise_their_regime():
     from hypothesis import given, settings
 
+    from conformance import linear_strategies
     from conformance import strategies as strat
     from conformance.adapters import resolve
 
@@ -139,7 +140,7 @@ def test_drawn_cases_realise_their_regime():
     seen = []
 
     @settings(max_examples=15, deadline=None, database=None)
-    @given(strat.cases(SPEC, req))
+    @given(linear_strategies.cases_of(SPEC, req))
     def draw(case):
         lin = case.linear
         x = ORACLE.evaluate(case, gradients=False).env["x"]
@@ -190,7 +191,7 @@ def test_correct_linear_kernels_are_never_flagged(planted, name):
 
 def test_cli_runs_the_linear_spec_on_torch_linear(tmp_path, monkeypatch):
     pytest.importorskip("torch")
-    from conformance import cli
+    from conformance.runner import cli
     monkeypatch.setenv("CE_CONFORMANCE_PROGRESS", "0")
     code = cli.main(["run", "--spec", str(SPEC_FILE), "--adapter", "torch-linear", "--profile", "quick", "--ci",
                      "--no-report", "--out", str(tmp_path), "--check", "forward.index", "--check", "error.",
