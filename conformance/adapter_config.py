@@ -303,9 +303,10 @@ def adapter_from_config(path: str | Path, resolve: Callable[[str], Adapter]) -> 
     a.name = cfg["name"]
     if "device" in cfg:
         a.device = cfg["device"]
-        if cfg["device"].startswith("cuda") and hasattr(a, "fatal_errors"):
-            # as TorchFunctionAdapter's constructor does: a CUDA device-side assert is fatal
-            a.fatal_errors = frozenset({"target_out_of_range_high", "target_out_of_range_negative"})
+        if cfg["device"].startswith("cuda"):
+            # as TorchFunctionAdapter's constructor does: an out-of-range class index trips a
+            # device-side assert that poisons the CUDA context, so error checks run in a child process
+            a.isolate_kinds = tuple(sorted(set(a.isolate_kinds) | {"error"}))
     caps = a.capabilities
     changes: dict[str, Any] = {}
     if "unsupported" in cfg:

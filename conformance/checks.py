@@ -1,4 +1,5 @@
-"""Stage 5: what is asked of every adapter, one check per spec clause.
+"""What is asked of every adapter, one check per spec clause: stages 2 to 5 (draw, oracle,
+adapter call, judgement) put together for each clause.
 
 Check ids come from the spec's own names (``forward.index``, ``special.all_ignored``,
 ``error.label_smoothing_above_one``, ``metamorphic.class_permutation``...), never from

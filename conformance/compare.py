@@ -1,4 +1,4 @@
-"""Stage 4: judge an implementation's output against the oracle's exact value.
+"""Stage 5: judge an implementation's output against the oracle's exact value.
 
 The allowed error comes from the spec's ``tolerances`` section: per-position error scales
 (formulas) times the dtype's unit roundoff and multipliers, plus what sums over classes and
