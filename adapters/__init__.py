@@ -40,6 +40,8 @@ BUILTINS: dict[str, Callable[[], Adapter]] = {
     "jax-cpu": jax_cpu,
     "torch-cuda": torch_cuda,
     "jax-gpu": jax_gpu,
+    # the linear form (specs/linear_cross_entropy.yaml): not in the default run of cross_entropy.yaml
+    "torch-linear": lambda: __import__("conformance.adapters.linear", fromlist=["torch_linear"]).torch_linear(),
 }
 DEFAULT_ADAPTERS = ["numpy", "torch-cpu", "jax-cpu", "torch-cuda", "jax-gpu"]
 

@@ -22,8 +22,12 @@ from conformance.diagnostics import UserError
 ALL_FEATURES = frozenset({
     "index_target", "probability_target", "weight", "ignore_index", "label_smoothing",
     "reduction_none", "reduction_sum", "reduction_mean", "legacy_arguments", "gradient",
-    "gradient_target", "nonfinite", "empty",
+    "gradient_target", "nonfinite", "empty", "linear_bias",
 })
+#: The linear form (specs/linear_cross_entropy.yaml): an adapter that takes hidden states and a
+#: classifier declares "linear" (adapters/llm.py CallForm with hidden/classifier arguments);
+#: "linear_bias" (in ALL_FEATURES) says it takes a bias too.
+LINEAR = "linear"
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,12 @@ class Capabilities:
             wanted.add("gradient")
         if case.positions == 0:
             wanted.add("empty")
+        linear = getattr(case, "linear", None) is not None
+        if linear != (LINEAR in self.features):
+            return ("the linear form (hidden states and a classifier)" if linear
+                    else "the logits form (this adapter takes hidden states and a classifier)")
+        if linear and case.linear.get("bias") is not None:
+            wanted.add("linear_bias")
         missing = sorted(wanted - set(self.features))
         if missing:
             return ", ".join(missing)

@@ -28,13 +28,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from conformance.adapters.base import Adapter, Capabilities, Result
-from conformance.adapters.numpy_ref import (check_arguments, effective_reduction,
-                                            legacy_warning)
+from conformance.adapters.numpy_ref import check_arguments, effective_reduction, legacy_warning
 from conformance.case import Case
 
 _EXTRAS = frozenset({"log_softmax", "nll_loss"})

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from conformance.adapters.base import ALL_FEATURES, Adapter, Capabilities, InputsMutated, Result
+from conformance.adapters.base import ALL_FEATURES, LINEAR, Adapter, Capabilities, InputsMutated, Result
 from conformance.adapters.torch_adapter import _same_bits, to_numpy, to_tensor
 from conformance.case import Case
 
@@ -47,6 +47,11 @@ class CallForm:
             raise ValueError(f"unknown argument or option {bad[0]!r}: use {', '.join(ARGS + OPTIONS)}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"unknown layout {self.layout!r}: use {' or '.join(LAYOUTS)}")
+        lin = {"hidden", "classifier"} & set(self.args)
+        if lin and (lin != {"hidden", "classifier"} or "logits" in self.args):
+            raise ValueError("a linear form takes both 'hidden' and 'classifier' (and optionally 'bias'), not 'logits'")
+        if "bias" in self.args and not lin:
+            raise ValueError("'bias' belongs to the linear form: add 'hidden' and 'classifier'")
         if "loss" not in self.returns:
             raise ValueError("returns must say where the loss is ('loss': null for a plain tensor)")
 
@@ -57,6 +62,12 @@ class CallForm:
         drop |= {"probability_target", "gradient_target", "legacy_arguments"}
         if "reduction" not in opts:
             drop |= {"reduction_none", "reduction_mean"}  # a fixed 'sum' (with a normaliser) or 'mean'
+        if "hidden" in self.args:   # the linear form: hidden (P, H), classifier (C, H), bias (C,)
+            drop -= {"linear_bias"}
+            if "bias" not in self.args:
+                drop.add("linear_bias")
+        else:
+            drop.add("linear_bias")
         ranks = frozenset({2}) if self.layout == "flat" else frozenset({3})
         ext = {o for o in EXTENSION_OPTIONS if o in opts}
         if "return_z_loss" in ext and "z_loss" in self.returns:
@@ -65,7 +76,8 @@ class CallForm:
             ext.discard("return_z_loss")
         if "return_lse" in ext and "lse" not in self.returns:
             ext.discard("return_lse")
-        return replace(base, features=frozenset(ALL_FEATURES) - drop, ranks=ranks, extensions=frozenset(ext))
+        features = frozenset(ALL_FEATURES) - drop | ({LINEAR} if "hidden" in self.args else frozenset())
+        return replace(base, features=features, ranks=ranks, extensions=frozenset(ext))
 
 
 class LlmTorchAdapter(Adapter):
@@ -92,7 +104,14 @@ class LlmTorchAdapter(Adapter):
         return a
 
     def inputs(self, case: Case) -> dict[str, Any]:
-        """The tensors of the call, keyed by ARGS names (logits form)."""
+        """The tensors of the call, keyed by ARGS names (logits form, or the linear form's
+        hidden states, classifier and bias)."""
+        if case.linear is not None:
+            b = case.linear.get("bias")
+            return {"hidden": to_tensor(case.linear["hidden"], self.device),
+                    "classifier": to_tensor(case.linear["classifier"], self.device),
+                    "bias": None if b is None else to_tensor(b, self.device),
+                    "target": to_tensor(case.target, self.device)}
         x = self._layout(case, to_tensor(case.x, self.device), labels=False)
         return {"logits": x, "target": to_tensor(case.target, self.device)}
 

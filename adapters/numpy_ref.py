@@ -1,9 +1,9 @@
 """The NumPy adapter: an independent implementation of torch's cross_entropy in NumPy.
 
-It is written from ``/work/shared/semantics.md`` directly and shares no code with the
-oracle, so that agreement between the two means something. It computes in float32 for the
-half types and float32, in float64 for float64, with a max-subtracted log_softmax, and
-returns results (and analytic gradients) in the input dtype.
+It is written from torch's documentation of ``F.cross_entropy`` (the spec's ``reference``)
+and shares no code with the oracle, so that agreement between the two means something. It
+computes in float32 for the half types and float32, in float64 for float64, with a
+max-subtracted log_softmax, and returns results (and analytic gradients) in the input dtype.
 
 It also owns the pieces of argument handling the other adapters reuse: the deprecated
 ``size_average``/``reduce`` mapping (:func:`effective_reduction`) and the static part of the

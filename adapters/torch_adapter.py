@@ -124,9 +124,6 @@ class TorchFunctionAdapter(Adapter):
     "nll_loss" to ``fn(x, dim)`` and ``fn(lp, target, weight=, ignore_index=, reduction=)``."""
 
     framework = "torch"
-    #: Error clauses that must never be sent: on CUDA an out-of-range target fires a
-    #: device-side assert that poisons the CUDA context for the rest of the process.
-    fatal_errors: frozenset[str] = frozenset()
     #: Check kinds the engine runs in a child process (conformance.runner.isolation): on CUDA an
     #: out-of-range class index trips a device-side assert that poisons the context.
     isolate_kinds: tuple[str, ...] = ()
@@ -138,7 +135,6 @@ class TorchFunctionAdapter(Adapter):
         self.capabilities = replace(capabilities, extras=capabilities.extras | frozenset(self.extras)
                                     | {"forward_backward"})
         if device.startswith("cuda"):
-            self.fatal_errors = frozenset({"target_out_of_range_high", "target_out_of_range_negative"})
             self.isolate_kinds = ("error",)
             self.cpu_twin = "torch-cpu"  # for the cross-device agreement check
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -379,7 +380,7 @@ class VocabParallelAdapter(Adapter):
         if mutated:
             raise InputsMutated(mutated)
         first = outs[0]["value"]
-        for r, o in enumerate(outs[1:], start=1):
+        for o in outs[1:]:
             v = o["value"]
             if v.dtype != first.dtype or v.shape != first.shape or not np.array_equal(
                     v.astype(np.float64), first.astype(np.float64), equal_nan=True):
@@ -407,7 +408,8 @@ class ReferenceVocabParallel(VocabParallelAdapter):
     """The reference across 2 ranks (``world_size:`` in an adapter config changes it)."""
 
     def __init__(self, world_size: int = 2, timeout: float = 60.0):
-        super().__init__(vocab_parallel_cross_entropy, "vocab-parallel-reference", world_size=world_size, timeout=timeout)
+        super().__init__(vocab_parallel_cross_entropy, "vocab-parallel-reference", world_size=world_size,
+                         timeout=timeout)
 
 
 class ReferenceVocabParallelMegatron(VocabParallelAdapter):

@@ -206,9 +206,13 @@ def _form(d, where: YamlLocator, err, f):
             if x not in ARGS:
                 raise at("args", i, message=f"unknown argument {x!r}{did_you_mean(x, ARGS)}",
                          fix=f"use {', '.join(ARGS)}")
-        if "logits" not in a or "target" not in a:
+        linear = "hidden" in a or "classifier" in a
+        if not linear and ("logits" not in a or "target" not in a):
             raise at("args", message="'args' must place both logits and target",
                      fix="write e.g. 'args: [logits, target]'")
+        if linear and ("target" not in a or not {"hidden", "classifier"} <= set(a)):
+            raise at("args", message="a linear form's 'args' must place hidden, classifier and target",
+                     fix="write e.g. 'args: [hidden, classifier, target, bias]'")
         kw["args"] = tuple(a)
     if "layout" in d:
         if d["layout"] not in LAYOUTS:
@@ -299,9 +303,10 @@ def adapter_from_config(path: str | Path, resolve: Callable[[str], Adapter]) -> 
     a.name = cfg["name"]
     if "device" in cfg:
         a.device = cfg["device"]
-        if cfg["device"].startswith("cuda") and hasattr(a, "fatal_errors"):
-            # as TorchFunctionAdapter's constructor does: a CUDA device-side assert is fatal
-            a.fatal_errors = frozenset({"target_out_of_range_high", "target_out_of_range_negative"})
+        if cfg["device"].startswith("cuda"):
+            # as TorchFunctionAdapter's constructor does: an out-of-range class index trips a
+            # device-side assert that poisons the CUDA context, so error checks run in a child process
+            a.isolate_kinds = tuple(sorted(set(a.isolate_kinds) | {"error"}))
     caps = a.capabilities
     changes: dict[str, Any] = {}
     if "unsupported" in cfg:

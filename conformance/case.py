@@ -62,6 +62,9 @@ class Case:
     #: above stay plain logical values: the adapter builds the views with this layout when it
     #: converts the case (layouts.arrays), once, after every mutation and transform.
     layout: str = "contiguous"
+    #: The linear form (specs/linear_cross_entropy.yaml): {"hidden": (P, H), "classifier": (C, H),
+    #: "bias": (C,) or None} in the dtype under test; ``x`` then holds the logits rounded to it.
+    linear: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ derived facts
     @property
@@ -196,6 +199,8 @@ class Case:
             d["legacy"] = dict(self.legacy)
         if self.extensions:
             d["extensions"] = {k: _jsonable(v) for k, v in self.extensions.items()}
+        if self.linear is not None:
+            d["linear"] = {k: arr(v) if v is not None else None for k, v in self.linear.items()}
         if self.modifiers:
             d["modifiers"] = list(self.modifiers)
         if self.purpose:

@@ -1,4 +1,5 @@
-"""Stage 5: what is asked of every adapter, one check per spec clause.
+"""What is asked of every adapter, one check per spec clause: stages 2 to 5 (draw, oracle,
+adapter call, judgement) put together for each clause.
 
 Check ids come from the spec's own names (``forward.index``, ``special.all_ignored``,
 ``error.label_smoothing_above_one``, ``metamorphic.class_permutation``...), never from
@@ -19,6 +20,7 @@ from hypothesis import assume
 
 from conformance.adapters.base import Adapter, InputsMutated
 from . import metamorphic as mm
+from . import linear_strategies
 from . import strategies as strat
 from .case import Case, as_float64, np_dtype
 from .compare import Judge, Verdict
@@ -203,7 +205,7 @@ def _draw_case(ctx: Context, draw, check_id: str, *, legacy: bool = True, extens
         req = strat.Request(**{**req.__dict__, "extensions": frozenset()})
     if not req.dtypes or not req.ranks or not req.target_kinds or not req.reductions:
         raise NotSupported("the adapter declares no support for what this check needs")
-    case = draw(strat.cases(ctx.spec, req), label="case")
+    case = draw(linear_strategies.cases_of(ctx.spec, req), label="case")
     why = ctx.adapter.capabilities.unsupported(case, need_gradient=kw.get("gradient", False))
     assume(why is None)
     return case
@@ -290,18 +292,19 @@ def _error(eid: str):
     def example(ctx: Context, draw) -> Outcome:
         clause = ctx.spec.errors[eid]
         cid = f"error.{eid}"
-        needs = strat.MUTATION_NEEDS.get(clause.make, {})
-        req = _request(ctx, target_kinds=needs.get("target_kinds"))
-        if needs.get("ranks"):
-            req = strat.Request(**{**req.__dict__, "ranks": tuple(r for r in req.ranks if r in needs["ranks"])})
+        mutation = strat.MUTATIONS[clause.make]
+        needs = mutation.needs
+        req = _request(ctx, target_kinds=needs.target_kinds or None)
+        if needs.ranks:
+            req = strat.Request(**{**req.__dict__, "ranks": tuple(r for r in req.ranks if r in needs.ranks)})
         if not req.ranks or not req.target_kinds:
             raise NotSupported("no supported input shape for this mutation")
         req = strat.Request(**{**req.__dict__, "allow_long": False, "allow_legacy": False,
                                "extensions": frozenset()})  # the mutation adds what it needs
-        valid = draw(strat.cases(ctx.spec, req), label="valid_case")
+        valid = draw(linear_strategies.cases_of(ctx.spec, req), label="valid_case")
         assume(ctx.adapter.capabilities.unsupported(valid) is None)
-        _doc, mutate = strat.MUTATIONS[clause.make]
-        case = mutate(valid, draw)
+        assert mutation.fn is not None
+        case = mutation.fn(valid, draw)
         assume(case is not None)
         try:
             res = ctx.adapter.call(case, gradient=False)
@@ -348,7 +351,8 @@ def _metamorphic(mid: str):
             return _rows_sum_to_zero(ctx, cid, case)
         if relation == "not_aliased":
             return _not_aliased(ctx, cid, case, gradient)
-        _doc, transform = mm.TRANSFORMS[rel.transform]
+        transform = mm.TRANSFORMS[rel.transform].fn
+        assert transform is not None
         out = transform(case, draw)
         assume(out is not None)
         case2, permutation = out
@@ -556,14 +560,15 @@ def catalogue(spec: Spec) -> list[Check]:
         out.append(Check(f"special.{sid}", "special", f"special_cases.{sid}",
                          (sc.note or "") + f" (make: {', '.join(sc.make)}; expect: {sc.expect})", _special(sid),
                          {k: v["special"] for k, v in P.items()},
-                         features=frozenset(f for m in sc.make for f in strat.MODIFIERS[m].needs),
-                         extensions=frozenset(e for m in sc.make for e in strat.MODIFIERS[m].force.get("extensions", ()))))
+                         features=frozenset(f for m in sc.make for f in strat.MODIFIERS[m].needs.features),
+                         extensions=frozenset(e for m in sc.make for e in strat.MODIFIERS[m].needs.extensions)))
     for eid, clause in spec.errors.items():
-        needs = strat.MUTATION_NEEDS.get(clause.make, {})
+        mutation = strat.MUTATIONS[clause.make]
         out.append(Check(f"error.{eid}", "error", f"errors.{eid}",
-                         f"{strat.MUTATIONS[clause.make][0]} {clause.severity} be rejected", _error(eid),
+                         f"{mutation.doc} {clause.severity} be rejected", _error(eid),
                          {k: v["error"] for k, v in P.items()}, severity=clause.severity,
-                         features=frozenset(needs.get("features", ())), extensions=frozenset(needs.get("extensions", ()))))
+                         features=frozenset(mutation.needs.features),
+                         extensions=frozenset(mutation.needs.extensions)))
     for eid, ext in spec.extensions.items():
         out.append(Check(f"extension.{eid}", "forward", f"extensions.{eid}",
                          f"{ext.description} (value, extra outputs and gradient with {eid} on)", _extension(eid),

@@ -1,4 +1,4 @@
-"""Stage 4: judge an implementation's output against the oracle's exact value.
+"""Stage 5: judge an implementation's output against the oracle's exact value.
 
 The allowed error comes from the spec's ``tolerances`` section: per-position error scales
 (formulas) times the dtype's unit roundoff and multipliers, plus what sums over classes and
@@ -108,6 +108,8 @@ class Judge:
                 per = per + gam * self._finite(acc.evaluate(env))
             if "ext_scale" in env:  # the spec's extensions: their own terms (conformance/oracle.py)
                 per = per + t.k_forward * t.u * self._finite(env["ext_scale"]) + gam * self._finite(env["ext_accumulate"])
+            if self.spec.linear is not None:  # the logits' own error (conformance/linear.py)
+                per = per + self.spec.linear.forward_bound(env, t, self)
             bound = np.abs(np.asarray(formula.evaluate(dict(env, l=per)), dtype=np.float64))
             if ev.reduction != "none" and ev.path != "elementwise" and P > 1:
                 # any order of the P-term sum: gamma(P - 1) * sum|l| (Higham, Thm 4.1 / recursive sum)
@@ -133,6 +135,8 @@ class Judge:
         return self.value_bound(ev, "float32")
 
     def gradient_bound(self, ev: Evaluation, wrt: str, dtype: str, case: Case) -> np.ndarray:
+        if self.spec.linear is not None and wrt != "input":  # hidden, classifier, bias (conformance/linear.py)
+            return self.spec.linear.gradient_bound(self, ev, wrt, dtype, case)
         t = self.tol.dtypes[dtype]
         genv = ev.gradient_envs[wrt]
         grad = self.spec.paths[ev.path].gradients[wrt]
@@ -170,6 +174,8 @@ class Judge:
             sc, acc = (ext.tolerance.get(k) for k in ("scale", "accumulate"))
             per = (t.k_forward * t.u * (self._finite(sc.evaluate(env)) if sc else 0.0)
                    + gam * (self._finite(acc.evaluate(env)) if acc else 0.0))
+            if self.spec.linear is not None:  # the logits' own error (conformance/linear.py)
+                per = per + self.spec.linear.output_bound(name, env, t, self)
             if formula is not None:
                 per = np.abs(np.asarray(formula.evaluate(dict(env, l=per)), dtype=np.float64))
                 if ev.reduction != "none" and float(env["P"]) > 1:

@@ -17,7 +17,7 @@ no valid row can contain are excluded from what must be covered.
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 Row = dict[str, str]
 Tuple_ = tuple[tuple[str, str], ...]

@@ -29,14 +29,15 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Sequence
+from typing import Any
 
 #: Seconds a rank may take for one call before it is declared hung (configurable per pool).
 DEFAULT_TIMEOUT = 60.0
 #: Seconds the workers may take to start and join the group (interpreter + torch import).
 START_TIMEOUT = 180.0
-_LIVE: "set[RankPool]" = set()
+_LIVE: set[RankPool] = set()
 
 
 class RankFailure(RuntimeError):
@@ -198,7 +199,8 @@ class RankPool:
                 try:
                     answers[r] = conn.recv()
                 except (EOFError, OSError):
-                    code = self._procs[r].wait(timeout=5) if self._procs[r].poll() is None else self._procs[r].returncode
+                    proc = self._procs[r]
+                    code = proc.wait(timeout=5) if proc.poll() is None else proc.returncode
                     self._fail(f"rank {r} died (exit code {code}) before it could {what}")
         return [answers[r] for r in range(self.world_size)]
 

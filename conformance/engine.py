@@ -29,6 +29,7 @@ from . import strategies as strat
 from .checks import Check, CheckFailure, Context, NotSupported, Outcome
 from .gate import OPTION_CLASSES, FailureFilter, option_classes, signature, signature_key
 
+
 @dataclass
 class CheckResult:
     adapter: str
@@ -74,7 +75,7 @@ class CheckResult:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "CheckResult":
+    def from_json(cls, d: dict[str, Any]) -> CheckResult:
         """The inverse of :meth:`to_json` (unknown keys ignored; failure inputs from
         ``failure_inputs_b64`` when present)."""
         import base64
@@ -153,7 +154,7 @@ def _not_supported(ctx: Context, check: Check) -> str | None:
     if check.kind == "error" and not caps.raises_on_invalid:
         clause = ctx.spec.errors[check.id.split(".", 1)[1]]
         if not any(clause.id in v.replaces_errors and v.id in caps.variants for v in ctx.spec.variants.values()):
-            if clause.make in ("target_at_least_C", "target_negative_not_ignored"):
+            if strat.MUTATIONS[clause.make].needs.data_validation:
                 return "the adapter declares that it cannot raise on data values"
     return None
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import ast
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -162,6 +163,39 @@ def _count(mask):
     return np.float64(np.count_nonzero(np.asarray(mask, dtype=bool)))
 
 
+def _fits_float32(a: np.ndarray) -> bool:
+    f = a[np.isfinite(a)]
+    return bool(np.all(f.astype(np.float32).astype(np.float64) == f))
+
+
+def _matmul(a, b):
+    """``a @ b`` for the linear form (specs/linear_cross_entropy.yaml), far more accurate than
+    any tolerance: when an operand holds float32-representable values (inputs of float32 or
+    narrower), every product of two such values is exact in float64 and the float64 sum loses
+    at most n * 2**-53 relative to sum|a||b|, 2**-29 of the float32 bound; otherwise (float64
+    inputs) the products and the sum are taken in long double (64-bit significand on x86)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if _fits_float32(a) or _fits_float32(b):
+        return a @ b
+    return np.asarray(a.astype(np.longdouble) @ b.astype(np.longdouble), dtype=np.float64)
+
+
+def _linear(h, W, b):
+    """Logits ``h @ W.T + b`` (P, C) from hidden (P, H), classifier (C, H) and bias (C,), with the
+    bias added in the same extended sum (a single rounding to float64)."""
+    h, W, b = (np.asarray(v, dtype=np.float64) for v in (h, W, b))
+    if _fits_float32(h) and _fits_float32(W) and _fits_float32(b):
+        return h @ W.T + b   # exact products; two roundings of 2**-53
+    return np.asarray(h.astype(np.longdouble) @ W.T.astype(np.longdouble) + b.astype(np.longdouble), dtype=np.float64)
+
+
+def _sum_positions(e):
+    """Column sums over the positions: (P, C) -> (C,) (the bias gradient)."""
+    e = np.asarray(e, dtype=np.float64)
+    return np.asarray(e.astype(np.longdouble).sum(axis=0), dtype=np.float64) if e.ndim == 2 else e
+
+
 FUNCTIONS: Mapping[str, Callable] = {
     "where": _where,
     "sum": _sum,
@@ -184,6 +218,12 @@ FUNCTIONS: Mapping[str, Callable] = {
     "take": _take,
     "take_along": _take_along,
     "one_hot": _one_hot,
+    # the linear form (hidden (P, H), classifier (C, H)); see _matmul for their accuracy
+    "linear": _linear,
+    "matmul": _matmul,
+    "matmul_nt": lambda a, b: _matmul(a, np.asarray(b, dtype=np.float64).T),
+    "matmul_tn": lambda a, b: _matmul(np.asarray(a, dtype=np.float64).T, b),
+    "sum_positions": _sum_positions,
 }
 
 #: Functions whose ``axis`` keyword is allowed.

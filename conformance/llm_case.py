@@ -2,8 +2,8 @@
 
 At that size (10^9 logits) the spec interpreter, which runs NumPy on the CPU, is far too slow,
 so this module evaluates the index-path formulas of specs/cross_entropy.yaml (no weight, no
-smoothing, ignore_index = -100, reduction mean) in float64 on the accelerator, 512 rows at a
-time, and applies the spec's tolerance rule with the spec's constants. Because it restates
+smoothing, ignore_index = -100, reduction mean) in float64 on the accelerator, ``chunk`` (128) rows
+at a time, and applies the spec's tolerance rule with the spec's constants. Because it restates
 those formulas, tests/test_llm_case.py checks it against the spec oracle on small inputs:
 any drift between the two fails there.
 """

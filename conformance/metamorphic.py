@@ -10,12 +10,11 @@ through the permutation, "equal" compares as is (conformance/checks.py).
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 from hypothesis import strategies as st
 
 from .case import Case, as_float64, np_dtype
+from .registry import Registry, Transform
 
 
 def same(a):
@@ -126,7 +125,8 @@ def _one_hot(case: Case, draw):
     y[np.arange(t.size), t] = 1.0
     y = y.reshape(case.none_shape + (C,))
     y = np.moveaxis(y, -1, case.class_axis) if case.rank > 1 else y.reshape(C)
-    return case.copy(target=np.ascontiguousarray(y.astype(np_dtype(case.dtype))), ignore_index=-100, purpose="one-hot probability target"), _same
+    return case.copy(target=np.ascontiguousarray(y.astype(np_dtype(case.dtype))), ignore_index=-100,
+                     purpose="one-hot probability target"), _same
 
 
 def _negate(case: Case, draw):
@@ -140,19 +140,55 @@ def _decompose(case: Case, draw):
     return case.copy(purpose="nll_loss(log_softmax(x))"), _same
 
 
-#: Transforms that permute positions: the only ones a "permuted" relation may name.
-PERMUTING = frozenset({"permute_batch"})
 
-#: name -> (doc, transform)
-TRANSFORMS: dict[str, tuple[str, Callable]] = {
-    "identity": ("the case itself", _identity),
-    "shift_logits_per_position": ("add a power of two to every logit of a position, one per position", _shift),
-    "permute_batch": ("permute the batch axis", _batch_perm),
-    "duplicate_batch": ("concatenate the batch with itself", _duplicate),
-    "permute_classes": ("permute classes of logits, weight and targets together", _class_perm),
-    "scale_weights": ("multiply every weight by a power of two", _scale_weights),
-    "remove_ignored": ("drop the ignored positions", _remove_ignored),
-    "index_to_one_hot": ("replace class indices with one-hot probabilities", _one_hot),
-    "nll_loss_of_log_softmax": ("call nll_loss on log_softmax instead", _decompose),
-    "negate_logits": ("the same shape with every logit negated", _negate),
-}
+# linear form (specs/linear_cross_entropy.yaml): hidden states, classifier and bias move too
+def _permute_hidden_rows(case: Case, draw):
+    if case.linear is None or case.positions < 2:
+        return None
+    perm = np.array(draw(st.permutations(list(range(case.positions))), label="position_permutation"))
+    lin = {**case.linear, "hidden": np.asarray(case.linear["hidden"])[perm]}
+    new = case.copy(x=case.x[perm], target=np.asarray(case.target)[perm], upstream=None, linear=lin,
+                    purpose=f"positions permuted by {perm.tolist()[:16]}")
+    return new, lambda out: np.asarray(out)[perm] if np.ndim(out) else out
+
+
+def _permute_classifier_rows(case: Case, draw):
+    C = case.num_classes
+    if case.linear is None or C < 2:
+        return None
+    perm = np.array(draw(st.permutations(list(range(C))), label="class_permutation"))
+    inv = np.argsort(perm)
+    t = np.asarray(case.target).copy()
+    ok = (t >= 0) & (t < C)
+    t[ok] = inv[t[ok]]
+    ii = case.ignore_index
+    if 0 <= ii < C:   # an ignored class index moves with the labels (already relabelled above)
+        ii = int(inv[ii])
+    b = case.linear.get("bias")
+    lin = {**case.linear, "classifier": np.asarray(case.linear["classifier"])[perm],
+           "bias": None if b is None else np.asarray(b)[perm]}
+    return case.copy(x=case.x[:, perm], target=t, ignore_index=ii, upstream=None, linear=lin,
+                     weight=None if case.weight is None else case.weight[perm],
+                     purpose="classifier rows, bias, weight and labels permuted"), _same
+
+
+#: ``fn(case, draw)`` -> (the transformed case, how outputs correspond), or None when the
+#: transform does not apply to the case.
+TRANSFORMS: Registry[Transform] = Registry("metamorphic transform", "TRANSFORMS in conformance/metamorphic.py")
+TRANSFORMS.add(Transform("permute_batch", "permute the batch axis", _batch_perm, permutes_positions=True))
+for _name, _doc, _fn in (
+    ("identity", "the case itself", _identity),
+    ("shift_logits_per_position", "add a power of two to every logit of a position, one per position", _shift),
+    ("duplicate_batch", "concatenate the batch with itself", _duplicate),
+    ("permute_classes", "permute classes of logits, weight and targets together", _class_perm),
+    ("scale_weights", "multiply every weight by a power of two", _scale_weights),
+    ("remove_ignored", "drop the ignored positions", _remove_ignored),
+    ("index_to_one_hot", "replace class indices with one-hot probabilities", _one_hot),
+    ("nll_loss_of_log_softmax", "call nll_loss on log_softmax instead", _decompose),
+    ("negate_logits", "the same shape with every logit negated", _negate),
+):
+    TRANSFORMS.add(Transform(_name, _doc, _fn))
+TRANSFORMS.add(Transform("permute_hidden_rows", "hidden rows and targets permuted together", _permute_hidden_rows,
+                         permutes_positions=True))
+TRANSFORMS.add(Transform("permute_classifier_rows", "classifier rows, bias, weight and labels permuted together",
+                         _permute_classifier_rows))

@@ -52,6 +52,8 @@ class Oracle:
         path = spec.paths[pname]
         red = reduction or case.effective_reduction(spec.deprecated)
         env = case.canonical()
+        if spec.linear is not None:   # the linear form: x = the spec's logits of hidden, classifier, bias
+            spec.linear.prepare(case, env)
         exts = [spec.extensions[e] for e in spec.extensions if e in case.extensions]
         if exts and pname != "index":
             raise ValueError(f"extensions ({', '.join(case.extensions)}) apply to class-index targets only")
@@ -119,6 +121,8 @@ class Oracle:
                 grads[wrt] = case.from_canonical(graw, "elementwise")
                 unspec[wrt] = case.from_canonical(mask, "elementwise")
                 genvs[wrt] = genv
+        if spec.linear is not None and gradients:   # w.r.t. hidden, classifier and bias, from G
+            grads, unspec, genvs = spec.linear.chain(case, grads, unspec, genvs)
         return Evaluation(pname, red, value, grads, unspec, env, genvs, formulas, shaped)
 
     @staticmethod

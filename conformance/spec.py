@@ -180,6 +180,8 @@ class Spec:
     marks: Any = field(default=None, repr=False, compare=False)
     #: The ``extensions:`` section, in :data:`EXTENSION_ORDER` (empty when the spec has none).
     extensions: dict[str, Extension] = field(default_factory=dict, repr=False)
+    #: The ``linear:`` section of a composed spec (conformance/linear.py: LinearSection), None otherwise.
+    linear: Any = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return f"Spec({self.operation} {self.version}, {self.file!r}, sha256 {self.sha256[:12]})"
@@ -561,6 +563,13 @@ def loads(text: str, *, file: str = "<string>") -> Spec:
     if errors:
         best = jsonschema.exceptions.best_match(errors)
         raise _schema_error(best, file, marks, raw)
+    if "base" in raw:  # a composed spec (linear_cross_entropy): the base spec's loss on computed logits
+        try:
+            spec = _build_composed(raw, text, file)
+        except _Fault as fault:
+            raise fault.error(file, marks) from None
+        _check_references(spec, marks)
+        return replace(spec, marks=marks)
     try:
         _check_tolerances(raw["tolerances"]["dtypes"])
         _check_domains(raw["domains"])
@@ -749,13 +758,14 @@ def _build(raw: dict, text: str, file: str) -> Spec:
     meta = {k: Metamorphic(k, v["transform"], v["relation"], tuple(v.get("requires") or ()),
                            tuple(v.get("paths") or ()), tuple(v.get("reductions") or ()), v.get("description", ""))
             for k, v in (raw.get("metamorphic") or {}).items()}
-    from .metamorphic import PERMUTING, TRANSFORMS
+    from .metamorphic import TRANSFORMS
     for mid, rel in meta.items():
         rels = [rel.relation] if isinstance(rel.relation, str) else list(rel.relation.values())
-        if "permuted" in rels and rel.transform in TRANSFORMS and rel.transform not in PERMUTING:
+        if "permuted" in rels and rel.transform in TRANSFORMS and not TRANSFORMS[rel.transform].permutes_positions:
+            permuting = sorted(n for n, t in TRANSFORMS.items() if t.permutes_positions)
             raise _Fault(("metamorphic", mid, "relation"),
                          f"relation 'permuted' needs a transform that permutes positions; '{rel.transform}' does not",
-                         f"use 'equal', or one of the permuting transforms: {', '.join(sorted(PERMUTING))}")
+                         f"use 'equal', or one of the permuting transforms: {', '.join(permuting)}")
         for i, pname in enumerate(rel.paths):
             if pname not in paths:
                 raise _Fault(("metamorphic", mid, "paths", i), f"'{pname}' is not a path of this spec",
@@ -835,3 +845,62 @@ def default_spec_path(operation: str = "cross_entropy") -> Path:
 
 def load_default(operation: str = "cross_entropy") -> Spec:
     return load(default_spec_path(operation))
+
+
+# --------------------------------------------------------------------------- composed specs (the linear form)
+def _build_composed(raw: dict, text: str, file: str):
+    """The composed Spec: the base spec's index path, extensions, variants and tolerances, the
+    inherited special cases and error clauses, and this file's own clauses and linear section."""
+    from .linear import LINEAR_INPUTS, TOLERANCE_INPUTS, WRTS, LinearSection
+
+    base_file = Path(file).parent / f"{raw['base']}.yaml"
+    base = load(base_file if base_file.is_file() else default_spec_path(raw["base"]))
+    if "index" not in base.paths:
+        raise _Fault(("base",), f"{raw['base']} has no index path", "compose a spec with an index path")
+    domains = {**base.raw["domains"], **raw["domains"]}
+    for i, kind in enumerate(domains["target_kinds"]):
+        if kind != "index":
+            raise _Fault(("domains", "target_kinds", i), f"the linear form takes class indices only, not '{kind}'",
+                           "write target_kinds: [index]")
+    inherit = raw.get("inherit") or {}
+    special = {}
+    for i, sid in enumerate(inherit.get("special_cases") or ()):
+        if sid not in base.special_cases:
+            raise _Fault(("inherit", "special_cases", i), f"{raw['base']} has no special case '{sid}'",
+                           _did_you_mean(sid, base.special_cases) + f"known: {', '.join(base.special_cases)}")
+        special[sid] = base.special_cases[sid]
+    errors = {}
+    for i, eid in enumerate(inherit.get("errors") or ()):
+        if eid not in base.errors:
+            raise _Fault(("inherit", "errors", i), f"{raw['base']} has no error clause '{eid}'",
+                           _did_you_mean(eid, base.errors) + f"known: {', '.join(base.errors)}")
+        errors[eid] = base.errors[eid]
+    # this file's own clauses, built by the ordinary loader on a skeleton around them
+    own = _build({**base.raw, **{k: raw.get(k) or {} for k in ("special_cases", "errors", "metamorphic")},
+                    "variants": {}, "extensions": {}, "paths": {"index": base.raw["paths"]["index"]},
+                    "domains": domains}, text, file)
+    special.update(own.special_cases)
+    errors.update(own.errors)
+
+    idx = base.paths["index"]
+    path_names = set(PATH_INPUTS["index"]) | set(idx.bindings)
+    for g in idx.gradients.values():
+        path_names |= set(g.bindings)
+    lin = raw["linear"]
+    logits = _parse(lin["logits"], LINEAR_INPUTS, ("linear", "logits"))
+    gradients = {w: _parse(lin["gradients"][w], LINEAR_INPUTS | {"G"}, ("linear", "gradients", w)) for w in WRTS}
+    tol = lin["tolerance"]
+    known = set(path_names | LINEAR_INPUTS | TOLERANCE_INPUTS)
+    bindings = _bindings(tol["bindings"], known, ("linear", "tolerance", "bindings"))
+    forward = _parse(tol["forward"], known, ("linear", "tolerance", "forward"))
+    sensitivity = _parse(tol["sensitivity"], known, ("linear", "tolerance", "sensitivity"))
+    tgrads = {w: _parse(tol["gradients"][w], known | {"dG"}, ("linear", "tolerance", "gradients", w)) for w in WRTS}
+    outputs = {k: _parse(v, known, ("linear", "tolerance", "outputs", k)) for k, v in (tol.get("outputs") or {}).items()}
+    section = LinearSection(logits, gradients, bindings, forward, sensitivity, tgrads, outputs, dict(lin["domain"]))
+    merged = {**base.raw, **raw, "domains": domains, "paths": {"index": base.raw["paths"]["index"]},
+              "tolerances": base.raw["tolerances"], "variants": base.raw.get("variants") or {},
+              "extensions": base.raw.get("extensions") or {}}
+    return replace(base, file=file, version=raw["spec_version"], operation=raw["operation"], reference=raw["reference"],
+                   summary=raw["summary"], sha256=hashlib.sha256(text.encode()).hexdigest(), raw=merged,
+                   paths={"index": idx}, special_cases=special, errors=errors, metamorphic=own.metamorphic,
+                   linear=section, marks=None)

@@ -24,6 +24,7 @@ def check(spec: Spec) -> None:
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
 
+    from . import linear_strategies
     from . import strategies as strat
     from .adapters.base import Capabilities
     from .checks import spec_outcome_errors
@@ -42,13 +43,13 @@ def check(spec: Spec) -> None:
         @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
                   phases=[Phase.generate], suppress_health_check=list(HealthCheck))
         @given(st.data())
-        def draw(data):
-            if found:
+        def draw(data):  # called at once below, within this iteration: the loop variables are current
+            if found:  # noqa: B023
                 return
-            case = data.draw(strat.cases(spec, req))
-            errors = spec_outcome_errors(sc, case, oracle.evaluate(case, gradients="gradient" in sc.expect))
+            case = data.draw(linear_strategies.cases_of(spec, req))  # noqa: B023
+            errors = spec_outcome_errors(sc, case, oracle.evaluate(case, gradients="gradient" in sc.expect))  # noqa: B023
             if errors:
-                found.append(f"{'; '.join(errors)} for {case.describe()}")
+                found.append(f"{'; '.join(errors)} for {case.describe()}")  # noqa: B023
 
         try:
             draw()

@@ -8,7 +8,8 @@ stays cheap.
 
 Two registries are referenced by name from the spec:
 ``MODIFIERS`` force a special case's shape of input (``special_cases.*.make``), and
-``MUTATIONS`` turn a valid case into an invalid one (``errors.*.make``).
+``MUTATIONS`` turn a valid case into an invalid one (``errors.*.make``); both are
+conformance/registry.py registries (name, doc, function, declared needs).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 from . import layouts
 from .case import Case, np_dtype
+from .registry import Entry, Modifier, Needs, Registry
 
 #: Arrays up to this many elements are drawn element by element (shrinkable).
 SMALL = 24
@@ -73,14 +75,7 @@ def request_for(spec, caps, *, target_kinds=None, reductions=None, modifiers=(),
 
 # --------------------------------------------------------------------------- modifiers
 # A modifier is a set of constraints on the draw plus a function applied to the finished
-# arrays. They are the vocabulary of `special_cases.*.make` in the spec.
-@dataclass(frozen=True)
-class Modifier:
-    doc: str
-    force: dict = field(default_factory=dict)
-    apply: Callable | None = None
-    #: Adapter features the modified input needs (an adapter without them is not asked).
-    needs: tuple[str, ...] = ()
+# arrays. They are the vocabulary of `special_cases.*.make` in the spec (conformance/registry.py).
 
 
 class NothingToDraw(Exception):
@@ -128,63 +123,68 @@ def _mod_all_neg_inf_row(draw, env):
         x[r, :] = -np.inf
 
 
-MODIFIERS: dict[str, Modifier] = {
-    "all_ignored": Modifier("every position's target is ignore_index", {"target_kinds": ("index",), "all_ignored": True, "min_positions": 1},
-                            needs=("ignore_index",)),
-    "empty_batch": Modifier("N = 0 (an empty batch)", {"empty": True}, needs=("empty",)),
-    "single_class": Modifier("C = 1, no ignored position, a positive weight if any",
-                             {"classes": 1, "no_ignored": True, "min_positions": 1, "weight_positive_or_absent": True}),
-    "unbatched": Modifier("an unbatched (C,) input", {"ranks": (1,), "no_ignored": True}),
-    "weighted": Modifier("a positive weight", {"weight": "positive"}, needs=("weight",)),
-    "smoothing": Modifier("label smoothing in (0, 1], positive weights", {"smoothing": True, "weight_positive_or_absent": True},
-                          needs=("label_smoothing",)),
-    "neg_inf_off_target": Modifier("-inf at a non-target class of some positions",
-                                   {"min_classes": 2, "no_smoothing_unless": "smoothing", "min_positions": 1,
-                                    "weight_positive_or_absent": True, "no_ignored": True, "finite_regime": True},
-                                   _mod_neg_inf_off_target, needs=("nonfinite",)),
-    "neg_inf_at_target": Modifier("-inf at the target class of some positions",
-                                  {"target_kinds": ("index",), "min_classes": 2, "no_smoothing": True, "min_positions": 1,
-                                   "weight_positive_or_absent": True, "no_ignored": True, "finite_regime": True},
-                                  _mod_neg_inf_at_target, needs=("nonfinite",)),
-    "zero_probability_there": Modifier("probability 0 where the logit is -inf",
-                                       {"target_kinds": ("probability",), "no_smoothing": True},
-                                       _mod_zero_probability_there),
-    "pos_inf": Modifier("+inf at some logits", {"min_positions": 1, "no_ignored": True, "finite_regime": True},
-                        _mod_value(np.inf), needs=("nonfinite",)),
-    "nan_logit": Modifier("NaN at some logits", {"min_positions": 1, "no_ignored": True, "finite_regime": True},
-                          _mod_value(np.nan), needs=("nonfinite",)),
-    "all_neg_inf_row": Modifier("a position whose logits are all -inf",
-                                {"min_positions": 1, "no_ignored": True, "finite_regime": True}, _mod_all_neg_inf_row,
-                                needs=("nonfinite",)),
-    "long_reduction": Modifier("a long batch (thousands of positions) in rank 2, none of them ignored",
-                               {"ranks": (2,), "long": True, "no_ignored": True, "min_classes": 2}),
-    "half_precision": Modifier("float16 or bfloat16", {"dtypes": ("float16", "bfloat16")}),
-    "huge_logits": Modifier("logits near 1e30 (float32/float64)", {"dtypes": ("float32", "float64"), "regime": "huge"}),
-    "vocab_blocks": Modifier("C at a block boundary (2^k +- 1) or a real vocabulary size, 1-2 rows, the maximum logit "
-                             "in the last block, class ids >= 32768 where C allows (domains.sizes)",
-                             {"ranks": (2,), "shape_kind": "vocab", "no_ignored": True, "weight_positive_or_absent": True,
-                              "finite_regime": True}),
-    "chunk_rows": Modifier("rows around chunk sizes (domains.sizes.chunk_rows) at small C",
-                           {"ranks": (2,), "shape_kind": "chunk", "no_ignored": True, "weight_positive_or_absent": True,
-                            "min_classes": 2}),
-    "spatial_equals_classes": Modifier("an (N, C, d) input whose spatial size d equals C",
-                                       {"ranks": (3,), "shape_kind": "spatial_equals_classes", "no_ignored": True,
-                                        "weight_positive_or_absent": True, "min_classes": 2, "min_positions": 1}),
-    "empty_spatial": Modifier("a zero-size spatial axis with N > 0", {"ranks": (3, 4, 5), "empty_spatial": True},
-                              needs=("empty",)),
-    # many rounding decisions per example for tolerances.unbiased (conformance/bias.py): one
-    # loss per row, each a log-probability of its own (no smoothing, weight or ignored rows),
-    # rows distinct (no broadcast batch entry), so one example gives dozens of samples
-    "distinct_rows": Modifier("64 or more rows (domains.sizes.rounding_rows) of ordinary logits, index targets, "
-                              "no weight, no smoothing, nothing ignored, no broadcast batch entries",
-                              {"ranks": (2,), "target_kinds": ("index",), "shape_kind": "rows", "no_ignored": True,
-                               "weight": "absent", "no_smoothing": True, "regime": "ordinary", "min_classes": 2,
-                               "distinct_rows": True}),
-    "bfloat16": Modifier("bfloat16 only", {"dtypes": ("bfloat16",)}),
-    "float16": Modifier("float16 only", {"dtypes": ("float16",)}),
-}
+MODIFIERS: Registry[Modifier] = Registry("strategy modifier", "MODIFIERS in conformance/strategies.py")
+
+
+def _modifier(name: str, doc: str, force: dict, fn: Callable | None = None, features: tuple[str, ...] = ()) -> None:
+    MODIFIERS.add(Modifier(name, doc, fn, Needs(features=features, extensions=tuple(force.get("extensions", ()))),
+                           force=force))
+
+
+_modifier("all_ignored", "every position's target is ignore_index",
+          {"target_kinds": ("index",), "all_ignored": True, "min_positions": 1}, features=("ignore_index",))
+_modifier("empty_batch", "N = 0 (an empty batch)", {"empty": True}, features=("empty",))
+_modifier("single_class", "C = 1, no ignored position, a positive weight if any",
+          {"classes": 1, "no_ignored": True, "min_positions": 1, "weight_positive_or_absent": True})
+_modifier("unbatched", "an unbatched (C,) input", {"ranks": (1,), "no_ignored": True})
+_modifier("weighted", "a positive weight", {"weight": "positive"}, features=("weight",))
+_modifier("smoothing", "label smoothing in (0, 1], positive weights",
+          {"smoothing": True, "weight_positive_or_absent": True}, features=("label_smoothing",))
+_modifier("neg_inf_off_target", "-inf at a non-target class of some positions",
+          {"min_classes": 2, "no_smoothing_unless": "smoothing", "min_positions": 1,
+           "weight_positive_or_absent": True, "no_ignored": True, "finite_regime": True},
+          _mod_neg_inf_off_target, features=("nonfinite",))
+_modifier("neg_inf_at_target", "-inf at the target class of some positions",
+          {"target_kinds": ("index",), "min_classes": 2, "no_smoothing": True, "min_positions": 1,
+           "weight_positive_or_absent": True, "no_ignored": True, "finite_regime": True},
+          _mod_neg_inf_at_target, features=("nonfinite",))
+_modifier("zero_probability_there", "probability 0 where the logit is -inf",
+          {"target_kinds": ("probability",), "no_smoothing": True}, _mod_zero_probability_there)
+_modifier("pos_inf", "+inf at some logits", {"min_positions": 1, "no_ignored": True, "finite_regime": True},
+          _mod_value(np.inf), features=("nonfinite",))
+_modifier("nan_logit", "NaN at some logits", {"min_positions": 1, "no_ignored": True, "finite_regime": True},
+          _mod_value(np.nan), features=("nonfinite",))
+_modifier("all_neg_inf_row", "a position whose logits are all -inf",
+          {"min_positions": 1, "no_ignored": True, "finite_regime": True}, _mod_all_neg_inf_row,
+          features=("nonfinite",))
+_modifier("long_reduction", "a long batch (thousands of positions) in rank 2, none of them ignored",
+          {"ranks": (2,), "long": True, "no_ignored": True, "min_classes": 2})
+_modifier("half_precision", "float16 or bfloat16", {"dtypes": ("float16", "bfloat16")})
+_modifier("huge_logits", "logits near 1e30 (float32/float64)", {"dtypes": ("float32", "float64"), "regime": "huge"})
+_modifier("vocab_blocks", "C at a block boundary (2^k +- 1) or a real vocabulary size, 1-2 rows, the maximum logit "
+          "in the last block, class ids >= 32768 where C allows (domains.sizes)",
+          {"ranks": (2,), "shape_kind": "vocab", "no_ignored": True, "weight_positive_or_absent": True,
+           "finite_regime": True})
+_modifier("chunk_rows", "rows around chunk sizes (domains.sizes.chunk_rows) at small C",
+          {"ranks": (2,), "shape_kind": "chunk", "no_ignored": True, "weight_positive_or_absent": True,
+           "min_classes": 2})
+_modifier("spatial_equals_classes", "an (N, C, d) input whose spatial size d equals C",
+          {"ranks": (3,), "shape_kind": "spatial_equals_classes", "no_ignored": True,
+           "weight_positive_or_absent": True, "min_classes": 2, "min_positions": 1})
+_modifier("empty_spatial", "a zero-size spatial axis with N > 0", {"ranks": (3, 4, 5), "empty_spatial": True},
+          features=("empty",))
+# many rounding decisions per example for tolerances.unbiased (conformance/bias.py): one
+# loss per row, each a log-probability of its own (no smoothing, weight or ignored rows),
+# rows distinct (no broadcast batch entry), so one example gives dozens of samples
+_modifier("distinct_rows", "64 or more rows (domains.sizes.rounding_rows) of ordinary logits, index targets, "
+          "no weight, no smoothing, nothing ignored, no broadcast batch entries",
+          {"ranks": (2,), "target_kinds": ("index",), "shape_kind": "rows", "no_ignored": True,
+           "weight": "absent", "no_smoothing": True, "regime": "ordinary", "min_classes": 2,
+           "distinct_rows": True})
+_modifier("bfloat16", "bfloat16 only", {"dtypes": ("bfloat16",)})
+_modifier("float16", "float16 only", {"dtypes": ("float16",)})
 for _eid in ("shift", "logit_scale", "softcap", "z_loss", "normalizer", "return_lse"):
-    MODIFIERS[f"with_{_eid}"] = Modifier(f"extension {_eid} on", {"target_kinds": ("index",), "extensions": (_eid,)})
+    _modifier(f"with_{_eid}", f"extension {_eid} on", {"target_kinds": ("index",), "extensions": (_eid,)})
 
 #: Extensions a modifier forces on (checked against the adapter's declared extensions).
 def _forced_extensions(req: "Request") -> tuple[str, ...]:
@@ -300,12 +300,12 @@ def cases(draw, spec, req: Request) -> Case:
     applies = []
     for m in req.modifiers:
         mod = MODIFIERS[m]
-        missing = [f for f in mod.needs if f not in req.features]
+        missing = [f for f in mod.needs.features if f not in req.features]
         if missing:  # a declared capability is honoured: never draw what the adapter lacks
             raise NothingToDraw(f"{m} needs {', '.join(missing)}, which the adapter declares unsupported")
         force.update(mod.force)
-        if mod.apply:
-            applies.append(mod.apply)
+        if mod.fn:
+            applies.append(mod.fn)
 
     pins = dict(req.pins)
     dtypes = tuple(d for d in req.dtypes if d in force.get("dtypes", req.dtypes) and _pin_ok(pins, "dtype", d))
@@ -644,38 +644,54 @@ def _softcap_nonpositive(case: Case, draw):
     return case.copy(extensions={**case.extensions, "softcap": cap}, purpose=f"softcap={cap!r}")
 
 
-#: name -> (doc, function(case, draw) -> mutated case or None when it does not apply)
-MUTATIONS: dict[str, tuple[str, Callable]] = {
-    "target_at_least_C": ("a class index >= C", _replace_target_value(lambda C, ii: C if C != ii else C + 1)),
-    "target_negative_not_ignored": ("a negative class index other than ignore_index",
-                                    _replace_target_value(lambda C, ii: -2 if ii != -2 else -3)),
-    "label_smoothing_above_one": ("label_smoothing = 1.5", _set(label_smoothing=1.5)),
-    "label_smoothing_negative": ("label_smoothing = -0.1", _set(label_smoothing=-0.1)),
-    "label_smoothing_nan": ("label_smoothing = NaN", _set(label_smoothing=math.nan)),
-    "weight_wrong_length": ("a weight whose length is not C", _weight_wrong_length),
-    "weight_wrong_rank": ("a 2-D weight", _weight_wrong_rank),
-    "batch_size_mismatch": ("target batch size differs from the input's", _batch_size_mismatch),
-    "spatial_size_mismatch": ("target spatial size differs from the input's", _spatial_size_mismatch),
-    "probability_target_with_ignore_index": ("ignore_index >= 0 with probability targets", _prob_with_ignore),
-    "index_target_float_dtype": ("class indices given as float32", _index_float),
-    "reduction_unknown": ("reduction='average'", _set(reduction="average")),
-    "softcap_nonpositive": ("softcap <= 0 (extension softcap)", _softcap_nonpositive),
-}
+# linear form (specs/linear_cross_entropy.yaml)
+def _classifier_hidden_mismatch(case: Case, draw):
+    if case.linear is None:
+        return None
+    W = np.asarray(case.linear["classifier"])
+    extra = np.ones((W.shape[0], 1), dtype=W.dtype)
+    return case.copy(linear={**case.linear, "classifier": np.concatenate([W, extra], axis=1)},
+                     purpose=f"classifier of shape {(W.shape[0], W.shape[1] + 1)} for hidden size {W.shape[1]}")
 
-#: What a mutation needs: the target kinds and ranks to draw a case it applies to, and the
-#: adapter features without which the clause does not concern the adapter.
-MUTATION_NEEDS: dict[str, dict] = {
-    "label_smoothing_above_one": {"features": ("label_smoothing",)},
-    "label_smoothing_negative": {"features": ("label_smoothing",)},
-    "label_smoothing_nan": {"features": ("label_smoothing",)},
-    "weight_wrong_length": {"features": ("weight",)},
-    "weight_wrong_rank": {"features": ("weight",)},
-    "target_at_least_C": {"target_kinds": ("index",)},
-    "target_negative_not_ignored": {"target_kinds": ("index",)},
-    "batch_size_mismatch": {"target_kinds": ("index",), "ranks": (2, 3, 4, 5)},
-    "spatial_size_mismatch": {"target_kinds": ("index",), "ranks": (3, 4, 5)},
-    "probability_target_with_ignore_index": {"target_kinds": ("probability",),
-                                             "features": ("ignore_index", "probability_target")},
-    "index_target_float_dtype": {"target_kinds": ("index",), "ranks": (2, 3, 4, 5)},
-    "softcap_nonpositive": {"target_kinds": ("index",), "extensions": ("softcap",)},
-}
+
+def _bias_wrong_length(case: Case, draw):
+    if case.linear is None:
+        return None
+    C = case.num_classes
+    n = draw(st.sampled_from([C + 1] + ([C - 1] if C > 1 else [])), label="bias_length")
+    return case.copy(linear={**case.linear, "bias": np.ones(n, dtype=case.x.dtype)},
+                     purpose=f"bias of length {n} for C={C}")
+
+
+#: ``fn(case, draw)`` -> the mutated case, or None when the mutation does not apply to it.
+MUTATIONS: Registry[Entry] = Registry("error mutation", "MUTATIONS in conformance/strategies.py")
+_INDEX = ("index",)
+for _name, _doc, _fn, _needs in (
+    ("target_at_least_C", "a class index >= C", _replace_target_value(lambda C, ii: C if C != ii else C + 1),
+     Needs(target_kinds=_INDEX, data_validation=True)),
+    ("target_negative_not_ignored", "a negative class index other than ignore_index",
+     _replace_target_value(lambda C, ii: -2 if ii != -2 else -3), Needs(target_kinds=_INDEX, data_validation=True)),
+    ("label_smoothing_above_one", "label_smoothing = 1.5", _set(label_smoothing=1.5),
+     Needs(features=("label_smoothing",))),
+    ("label_smoothing_negative", "label_smoothing = -0.1", _set(label_smoothing=-0.1),
+     Needs(features=("label_smoothing",))),
+    ("label_smoothing_nan", "label_smoothing = NaN", _set(label_smoothing=math.nan), Needs(features=("label_smoothing",))),
+    ("weight_wrong_length", "a weight whose length is not C", _weight_wrong_length, Needs(features=("weight",))),
+    ("weight_wrong_rank", "a 2-D weight", _weight_wrong_rank, Needs(features=("weight",))),
+    ("batch_size_mismatch", "target batch size differs from the input's", _batch_size_mismatch,
+     Needs(target_kinds=_INDEX, ranks=(2, 3, 4, 5))),
+    ("spatial_size_mismatch", "target spatial size differs from the input's", _spatial_size_mismatch,
+     Needs(target_kinds=_INDEX, ranks=(3, 4, 5))),
+    ("probability_target_with_ignore_index", "ignore_index >= 0 with probability targets", _prob_with_ignore,
+     Needs(target_kinds=("probability",), features=("ignore_index", "probability_target"))),
+    ("index_target_float_dtype", "class indices given as float32", _index_float,
+     Needs(target_kinds=_INDEX, ranks=(2, 3, 4, 5))),
+    ("reduction_unknown", "reduction='average'", _set(reduction="average"), Needs()),
+    ("softcap_nonpositive", "softcap <= 0 (extension softcap)", _softcap_nonpositive,
+     Needs(target_kinds=_INDEX, extensions=("softcap",))),
+    ("classifier_hidden_mismatch", "a classifier whose hidden size differs from the hidden states'",
+     _classifier_hidden_mismatch, Needs(target_kinds=_INDEX)),
+    ("bias_wrong_length", "a bias whose length is not C", _bias_wrong_length,
+     Needs(target_kinds=_INDEX, features=("linear_bias",))),
+):
+    MUTATIONS.add(Entry(_name, _doc, _fn, _needs))

@@ -24,3 +24,22 @@ def liger_llm(input, target, return_z_loss=False, **kw):
     a bare tensor without it and a CrossEntropyOutput with it (config liger_llm.yaml)."""
     out = liger_cross_entropy(input.clone(), target, return_z_loss=return_z_loss, **kw)
     return (out.loss, out.z_loss) if return_z_loss else (out, None)
+
+
+def liger_fused_linear(input, weight, target, bias=None, return_z_loss=False, **kw):
+    """Liger's fused linear cross entropy (the logits never materialised) with the result as a
+    (loss, z_loss) pair (config liger_fused_linear.yaml)."""
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    out = liger_fused_linear_cross_entropy(input, weight, target, bias, return_z_loss=return_z_loss, **kw)
+    if isinstance(out, tuple):
+        return out[0], out[1] if return_z_loss else None
+    return (out.loss, out.z_loss) if hasattr(out, "loss") else (out, None)
+
+
+def liger_fused_linear_module(lin_weight, _input, target, bias=None, **kw):
+    """``LigerFusedLinearCrossEntropyLoss(**options).forward(lin_weight, _input, target, bias)``:
+    the module takes the classifier FIRST (config liger_fused_linear_module.yaml)."""
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    return LigerFusedLinearCrossEntropyLoss(**kw)(lin_weight, _input, target, bias)

@@ -97,7 +97,7 @@ def test_nonfinite_special_cases_are_refused_not_drawn():
     """Without `nonfinite`, the special cases that need -inf/NaN logits are not drawn at all."""
     caps = Capabilities(features=ALL_FEATURES - {"nonfinite"})
     from hypothesis import find
-    nonfinite = [m for m, mod in strat.MODIFIERS.items() if "nonfinite" in mod.needs]
+    nonfinite = [m for m, mod in strat.MODIFIERS.items() if "nonfinite" in mod.needs.features]
     assert set(nonfinite) == {"neg_inf_off_target", "neg_inf_at_target", "pos_inf", "nan_logit", "all_neg_inf_row"}
     for m in nonfinite:
         req = strat.request_for(SPEC, caps, modifiers=(m,))

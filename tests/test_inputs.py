@@ -163,7 +163,7 @@ def test_a_mutated_target_reaches_the_adapter_with_its_layout(layout):
 
     x = np.zeros((3, 5), dtype=np.float32)
     case = Case(x=x, target=np.array([0, 1, 2]), layout=layout)
-    bad = MUTATIONS["target_at_least_C"][1](case, lambda s, label=None: 1)
+    bad = MUTATIONS["target_at_least_C"].fn(case, lambda s, label=None: 1)
     assert bad.layout == layout and bad.target.tolist() == [0, 5, 2]
     seen = {}
 

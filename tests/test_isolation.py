@@ -57,3 +57,16 @@ def test_derandomize_reaches_the_isolated_child(ctx):
     here = run_here(ctx, check, derandomize=True)
     assert a.examples == b.examples == here.examples > 0
     assert a.coverage == b.coverage == here.coverage
+
+
+def test_a_cuda_adapter_config_runs_its_error_checks_in_a_child_process(tmp_path):
+    """As torch-cuda does: an out-of-range class index trips a device-side assert that poisons
+    the CUDA context, so a config that puts an implementation on CUDA isolates its error checks;
+    the same config on the CPU does not."""
+
+    cuda = tmp_path / "cuda.yaml"
+    cuda.write_text("import: torch.nn.functional:cross_entropy\ndevice: cuda\n")
+    cpu = tmp_path / "cpu.yaml"
+    cpu.write_text("import: torch.nn.functional:cross_entropy\ndevice: cpu\n")
+    assert resolve(str(cuda)).isolate_kinds == ("error",)
+    assert resolve(str(cpu)).isolate_kinds == ()

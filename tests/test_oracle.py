@@ -2,9 +2,9 @@
 
 Ground truth is the semantics page of the project (the worked float64 table, the golden
 float32 values, the special outcomes), torch float64 autograd, and an independent mpmath
-implementation of the formulas at 50 digits. Tests marked ``xfail(strict=True)`` record a
-known disagreement between the spec's formulas and torch / the semantics page: they turn
-into failures (XPASS) once the spec is fixed, so the marker must then be removed.
+implementation of the formulas at 50 digits. The spec and torch agree on every value here;
+where torch diverges from the spec the divergence is a known entry (conformance/known/), not
+a test of the oracle.
 """
 from __future__ import annotations
 

@@ -134,7 +134,8 @@ def formula_text(source: str, bound: Iterable[str] = ()) -> Text:
     return text
 
 
-def _formulas(out: Console, title: str, formulas: Mapping[str, Formula | str], bound: Iterable[str], indent: int) -> None:
+def _formulas(out: Console, title: str, formulas: Mapping[str, Formula | str], bound: Iterable[str],
+              indent: int) -> None:
     """Aligned ``name = formula`` lines; never wrapped, so each formula stays on one line."""
     if not formulas:
         return
