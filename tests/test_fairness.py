@@ -60,11 +60,37 @@ def _uses(feature: str, case: Case) -> bool:
     raise AssertionError(f"no generator-side test for {feature}")
 
 
-GENERATOR_FEATURES = sorted(ALL_FEATURES - {"gradient", "gradient_target"})
+GENERATOR_FEATURES = sorted(ALL_FEATURES - {"gradient", "gradient_target", "linear_bias"})
 
 
 def test_every_feature_has_a_generator_or_engine_test():
-    assert set(GENERATOR_FEATURES) | {"gradient", "gradient_target"} == set(ALL_FEATURES)
+    assert set(GENERATOR_FEATURES) | {"gradient", "gradient_target", "linear_bias"} == set(ALL_FEATURES)
+
+
+def test_linear_generator_never_draws_a_bias_for_an_adapter_without_one():
+    """linear_bias belongs to the linear form (specs/linear_cross_entropy.yaml): without it no
+    drawn case carries a bias; with it, some do (the property is exercised, not vacuous)."""
+    from conformance import linear_strategies
+
+    linear = load_default("linear_cross_entropy")
+
+    def biases(features):
+        out = []
+
+        @settings(max_examples=40, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(st.data())
+        def run(data):
+            req = strat.request_for(linear, Capabilities(features=features), profile="quick")
+            case = data.draw(linear_strategies.cases_of(linear, req), label="case")
+            out.append(case.linear["bias"] is not None)
+
+        run()
+        return out
+
+    seen = {"without": biases(ALL_FEATURES - {"linear_bias"}), "with": biases(ALL_FEATURES)}
+    assert seen["without"] and not any(seen["without"])
+    assert any(seen["with"])
 
 
 @pytest.mark.parametrize("feature", GENERATOR_FEATURES)
