@@ -236,7 +236,10 @@ def test_layout_is_an_option_class_of_signatures_drawn_on_every_example():
 
     drawn = []
 
-    @settings(max_examples=80, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    # derandomized: the same draws on every run (a random 80 could miss channels_last, which
+    # needs spatial axes); 150 examples reach every layout with room to spare
+    @settings(max_examples=150, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
     @given(st.data())
     def draw(data):
         drawn.append(data.draw(strategies.cases(SPEC, req)).layout)
