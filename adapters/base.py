@@ -111,6 +111,9 @@ class Result:
     warnings: list[str] = field(default_factory=list)
     #: Extra outputs asked for by the case's extensions ("z_loss", "lse"), NumPy arrays.
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Returned arrays that share memory with an argument or with each other ("output and
+    #: argument input"), for adapters that can tell; None when the adapter cannot.
+    shared: list[str] | None = None
 
 
 class Adapter:
@@ -147,6 +150,17 @@ class Adapter:
         reduction; 1 when it is None)."""
         raise NotImplementedError
 
+    # Optional: forward and backward as two steps (Capabilities.extras holds
+    # "forward_backward" when implemented), so that two forwards can precede either backward;
+    # adapters without them report the interleaved-calls check as not supported.
+    def forward(self, case: Case, *, gradient: bool = True) -> Any:
+        """Run the forward pass of ``case`` and return a handle for :meth:`backward`."""
+        raise NotImplementedError
+
+    def backward(self, handle: Any) -> Result:
+        """The :class:`Result` (value and gradients) of a :meth:`forward` handle."""
+        raise NotImplementedError
+
     def log_softmax(self, x: np.ndarray, axis: int) -> np.ndarray:
         raise NotImplementedError
 
@@ -166,10 +180,28 @@ def check_unmodified(before: dict[str, np.ndarray], after: dict[str, Any]) -> No
     """Raise :class:`InputsMutated` when any array in ``after`` differs from ``before``."""
     changed = []
     for name, a in before.items():
-        b = np.asarray(after[name])
+        a, b = np.asarray(a).copy(), np.asarray(after[name]).copy()  # C order: views of any layout
         if a.shape != b.shape or not np.array_equal(a.view(np.uint8) if a.dtype.kind == "V" else a,
                                                     b.view(np.uint8) if b.dtype.kind == "V" else b,
                                                     equal_nan=a.dtype.kind == "f"):
             changed.append(name)
     if changed:
         raise InputsMutated(changed)
+
+
+def shared_memory(inputs: dict[str, Any], outputs: dict[str, Any]) -> list[str]:
+    """Returned NumPy arrays that share memory with an argument or with each other."""
+    out = []
+    names = list(outputs)
+    for i, a in enumerate(names):
+        va = outputs[a]
+        if not isinstance(va, np.ndarray) or va.size == 0:
+            continue
+        for k, v in inputs.items():
+            if isinstance(v, np.ndarray) and v.size and np.may_share_memory(va, v):
+                out.append(f"argument {k} and {a}")
+        for b in names[i + 1:]:
+            vb = outputs[b]
+            if isinstance(vb, np.ndarray) and vb.size and np.may_share_memory(va, vb):
+                out.append(f"{a} and {b}")
+    return out

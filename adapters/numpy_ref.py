@@ -19,8 +19,9 @@ from typing import Any, Callable
 import ml_dtypes
 import numpy as np
 
+from conformance import layouts
 from conformance.adapters.base import (ALL_FEATURES, Adapter, Capabilities, Result,
-                                       check_unmodified)
+                                       check_unmodified, shared_memory)
 from conformance.case import Case
 
 REDUCTIONS = ("none", "sum", "mean")
@@ -254,10 +255,8 @@ def nll_loss(lp, target, weight=None, ignore_index=-100, reduction="mean"):
 
 # ---------------------------------------------------------------------- adapters
 def _inputs(case: Case) -> dict[str, np.ndarray]:
-    d = {"input": case.x, "target": case.target}
-    if case.weight is not None:
-        d["weight"] = case.weight
-    return d
+    """The arguments as views with the case's memory layout (conformance/layouts.py)."""
+    return layouts.arrays(case)
 
 
 def _legacy_warnings(case: Case) -> list[str]:
@@ -272,14 +271,27 @@ class NumpyAdapter(Adapter):
 
     name = "numpy"
     framework = "numpy"
-    capabilities = Capabilities(extras=frozenset({"log_softmax", "nll_loss"}))
+    capabilities = Capabilities(extras=frozenset({"log_softmax", "nll_loss", "forward_backward"}))
 
     def call(self, case: Case, *, gradient: bool = False) -> Result:
-        before = {k: v.copy() for k, v in _inputs(case).items()}
-        value, grads = cross_entropy_with_gradients(case.x, case.target, upstream=case.upstream,
-                                                    gradient=gradient, **case.kwargs())
-        check_unmodified(before, _inputs(case))
-        return Result(value, grads, _legacy_warnings(case))
+        given = _inputs(case)
+        before = {k: v.copy() for k, v in given.items()}
+        kw = case.kwargs()
+        kw["weight"] = given.get("weight")
+        value, grads = cross_entropy_with_gradients(given["input"], given["target"], upstream=case.upstream,
+                                                    gradient=gradient, **kw)
+        check_unmodified(before, given)
+        res = Result(value, grads, _legacy_warnings(case))
+        res.shared = shared_memory(given, {"output": value, **{f"gradient[{k}]": v for k, v in grads.items()}})
+        return res
+
+    # Analytic gradients are computed with the value, so a forward's handle is its result:
+    # nothing is shared between calls.
+    def forward(self, case: Case, *, gradient: bool = True) -> Result:
+        return self.call(case, gradient=gradient)
+
+    def backward(self, handle: Result) -> Result:
+        return handle
 
     def log_softmax(self, x: np.ndarray, axis: int) -> np.ndarray:
         return log_softmax(x, axis)
@@ -305,11 +317,15 @@ class NumpyCallableAdapter(Adapter):
     def call(self, case: Case, *, gradient: bool = False) -> Result:
         if gradient:
             raise NotImplementedError(f"{self.name}: a plain NumPy callable has no gradients")
-        given = {k: v.copy() for k, v in _inputs(case).items()}
+        # the function receives the case's own arrays (views with the case's memory layout)
+        before = {k: v.copy() for k, v in _inputs(case).items()}
+        given = _inputs(case)
         kw = case.kwargs()
         kw["weight"] = given.get("weight")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             out = self.fn(given["input"], given["target"], **kw)
-        check_unmodified(_inputs(case), given)
-        return Result(np.asarray(out), {}, [f"{w.category.__name__}: {w.message}" for w in caught])
+        check_unmodified(before, given)
+        res = Result(np.asarray(out), {}, [f"{w.category.__name__}: {w.message}" for w in caught])
+        res.shared = shared_memory(given, {"output": out})
+        return res

@@ -16,19 +16,35 @@ from typing import Any, Callable
 import ml_dtypes
 import numpy as np
 
+from conformance import layouts
 from conformance.adapters.base import Adapter, Capabilities, InputsMutated, Result
 from conformance.case import Case
+from conformance.layouts import strided_parts
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
 def to_tensor(a, device: str = "cpu"):
-    """A NumPy array as a new tensor (never sharing memory with ``a``), exactly."""
+    """A NumPy array as a new tensor (never sharing memory with ``a``), exactly, with ``a``'s
+    memory layout: a strided view of a bigger buffer (conformance/layouts.py: transposed,
+    sliced with a storage offset, channels-last, expanded with stride 0) becomes the same view
+    (strides and storage offset) of a tensor copy of that buffer, so that the implementation
+    receives the layout, not a contiguous copy."""
     import torch
 
     a = np.asarray(a)
+    parts = None if a.flags.c_contiguous and a.base is None else strided_parts(a)
+    if parts is not None:
+        root, offset, strides = parts
+        return torch.as_strided(_plain_tensor(root, device), tuple(a.shape), strides, offset)
+    return _plain_tensor(a, device)
+
+
+def _plain_tensor(a: np.ndarray, device: str):
+    import torch
+
     if a.dtype == _BF16:
-        return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16).to(device)
+        return torch.from_numpy(np.asarray(a, dtype=np.float32, order="C").copy()).to(torch.bfloat16).to(device)
     return torch.from_numpy(np.array(a, copy=True, order="C")).to(device)
 
 
@@ -42,6 +58,29 @@ def to_numpy(t) -> np.ndarray:
     if t.dtype == torch.bfloat16:
         return t.float().numpy().astype(_BF16)
     return np.array(t.numpy(), copy=True)
+
+
+def _shared_storage(tensors: dict) -> list[str]:
+    """Pairs of returned tensors (output, gradients) that share storage with an argument or
+    with each other: "output and argument input"."""
+    import torch
+
+    def span(t):
+        if not isinstance(t, torch.Tensor) or t.numel() == 0:
+            return None
+        st = t.untyped_storage()
+        return st.data_ptr(), st.nbytes()
+
+    names = list(tensors)
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if a.startswith("argument") and b.startswith("argument"):
+                continue
+            sa, sb = span(tensors[a]), span(tensors[b])
+            if sa and sb and sa[0] < sb[0] + sb[1] and sb[0] < sa[0] + sa[1]:
+                out.append(f"{a} and {b}" if not b.startswith("argument") else f"{b} and {a}")
+    return out
 
 
 def _same_bits(a, b) -> bool:
@@ -93,7 +132,8 @@ class TorchFunctionAdapter(Adapter):
                  capabilities: Capabilities = Capabilities(), extras: dict[str, Callable] | None = None):
         self.fn, self.name, self.device = fn, name, device
         self.extras = dict(extras or {})
-        self.capabilities = replace(capabilities, extras=capabilities.extras | frozenset(self.extras))
+        self.capabilities = replace(capabilities, extras=capabilities.extras | frozenset(self.extras)
+                                    | {"forward_backward"})
         if device.startswith("cuda"):
             self.isolate_kinds = ("error",)
             self.cpu_twin = "torch-cpu"  # for the cross-device agreement check
@@ -111,11 +151,15 @@ class TorchFunctionAdapter(Adapter):
         return self.fn(x, target, **kwargs)
 
     def call(self, case: Case, *, gradient: bool = False) -> Result:
-        import torch
+        handle = self.forward(case, gradient=gradient)
+        return self.backward(handle) if gradient else self._finish(handle, {})
 
-        inputs = {"input": to_tensor(case.x, self.device), "target": to_tensor(case.target, self.device)}
-        if case.weight is not None:
-            inputs["weight"] = to_tensor(case.weight, self.device)
+    def forward(self, case: Case, *, gradient: bool = True) -> dict:
+        """Run the implementation's forward pass and keep its autograd graph: the handle
+        :meth:`backward` differentiates later (two forwards may precede either backward)."""
+        # the case's memory layout, built here once (conformance/layouts.py), reaches the
+        # implementation as the same strided view of a tensor buffer
+        inputs = {k: to_tensor(v, self.device) for k, v in layouts.arrays(case).items()}
         pristine = {k: v.clone() for k, v in inputs.items()}
         x, target = inputs["input"], inputs["target"]
         wrt = {"input": x}
@@ -131,18 +175,31 @@ class TorchFunctionAdapter(Adapter):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             out = self._invoke(x, target, kwargs)
-        grads = {}
-        if gradient:
-            if case.upstream is not None:
-                g = to_tensor(case.upstream, self.device).to(out.dtype).reshape(out.shape)
-            else:
-                g = torch.ones_like(out)
-            got = torch.autograd.grad(out, list(wrt.values()), g, allow_unused=True)
-            grads = {k: to_numpy(torch.zeros_like(v) if d is None else d) for (k, v), d in zip(wrt.items(), got)}
+        return {"case": case, "inputs": inputs, "pristine": pristine, "wrt": wrt, "out": out,
+                "warnings": [f"{w.category.__name__}: {w.message}" for w in caught]}
+
+    def backward(self, handle: dict) -> Result:
+        """Differentiate a :meth:`forward` handle with the case's upstream gradient."""
+        import torch
+
+        case, out, wrt = handle["case"], handle["out"], handle["wrt"]
+        if case.upstream is not None:
+            g = to_tensor(case.upstream, self.device).to(out.dtype).reshape(out.shape)
+        else:
+            g = torch.ones_like(out)
+        got = torch.autograd.grad(out, list(wrt.values()), g, allow_unused=True)
+        grads = {k: (torch.zeros_like(v) if d is None else d) for (k, v), d in zip(wrt.items(), got)}
+        return self._finish(handle, grads)
+
+    def _finish(self, handle: dict, grads: dict) -> Result:
+        inputs, pristine, out = handle["inputs"], handle["pristine"], handle["out"]
         changed = [k for k, v in inputs.items() if not _same_bits(v.detach(), pristine[k])]
         if changed:
             raise InputsMutated(changed)
-        return Result(to_numpy(out), grads, [f"{w.category.__name__}: {w.message}" for w in caught])
+        res = Result(to_numpy(out), {k: to_numpy(v) for k, v in grads.items()}, handle["warnings"])
+        res.shared = _shared_storage({**{f"argument {k}": v for k, v in inputs.items()},
+                                      "output": out, **{f"gradient[{k}]": v for k, v in grads.items()}})
+        return res
 
     # ------------------------------------------------------------------ decomposition extras
     def _extra(self, name: str) -> Callable:

@@ -58,6 +58,10 @@ class Case:
     #: LLM-kernel options of the spec's ``extensions:`` that are on ({"softcap": 30.0,
     #: "z_loss": 1e-4, "shift": True, ...}); empty for plain F.cross_entropy.
     extensions: dict[str, Any] = field(default_factory=dict)
+    #: Memory layout of the arrays the adapter receives (conformance/layouts.py). The arrays
+    #: above stay plain logical values: the adapter builds the views with this layout when it
+    #: converts the case (layouts.arrays), once, after every mutation and transform.
+    layout: str = "contiguous"
     #: The linear form (specs/linear_cross_entropy.yaml): {"hidden": (P, H), "classifier": (C, H),
     #: "bias": (C,) or None} in the dtype under test; ``x`` then holds the logits rounded to it.
     linear: dict[str, Any] | None = None
@@ -186,6 +190,11 @@ class Case:
              "target_kind": self.target_kind, "weight": arr(self.weight), "reduction": self.reduction,
              "ignore_index": self.ignore_index, "label_smoothing": _jsonable(self.label_smoothing),
              "regime": self.regime}
+        if self.layout != "contiguous":
+            from . import layouts
+            views = layouts.arrays(self)
+            d["layout"] = {"name": self.layout, "input": layouts.describe(views["input"]),
+                           "target": layouts.describe(views["target"])}
         if self.legacy:
             d["legacy"] = dict(self.legacy)
         if self.extensions:
@@ -210,6 +219,7 @@ class Case:
             "label_smoothing": "0" if self.label_smoothing == 0 else ("1" if self.label_smoothing == 1 else "(0,1)"),
             "reduction": self.reduction,
             "regime": self.regime,
+            "layout": self.layout,
         }
         if self.extensions:
             out["extensions"] = "+".join(sorted(self.extensions))

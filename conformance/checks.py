@@ -146,7 +146,8 @@ def _judge_call(ctx: Context, check_id: str, case: Case, res, *, gradient: bool)
     ev = ctx.oracle.evaluate(case, gradients=gradient)
     dtype = case.dtype
     verdicts = [ctx.judge.compare(res.value, ev.value, ctx.judge.value_bound(ev, dtype), dtype,
-                                  what="loss", clause=f"paths.{ev.path}.reductions.{ev.reduction}")]
+                                  what="loss", clause=f"paths.{ev.path}.reductions.{ev.reduction}",
+                                  internal=ctx.judge.internal_bound(ev, case))]
     if gradient:
         for wrt, g in ev.gradients.items():
             if wrt not in res.gradients:
@@ -339,14 +340,17 @@ def _metamorphic(mid: str):
     def example(ctx: Context, draw) -> Outcome:
         rel = ctx.spec.metamorphic[mid]
         cid = f"metamorphic.{mid}"
-        gradient = rel.relation == "gradient_rows_sum_to_zero"
+        gradient = rel.relation in GRADIENT_RELATIONS or (
+            rel.relation == "not_aliased" and "gradient" in ctx.adapter.capabilities.features)
         regimes = ("ordinary", "ties", "confident")
         case = _draw_case(ctx, draw, cid, target_kinds=rel.paths or None, reductions=rel.reductions or None,
                           regimes=regimes, allow_long=False, gradient=gradient, legacy=False, extensions=False)
         relation = rel.relation_for(case.reduction)
         assume(relation is not None)
-        if gradient:
+        if relation == "gradient_rows_sum_to_zero":
             return _rows_sum_to_zero(ctx, cid, case)
+        if relation == "not_aliased":
+            return _not_aliased(ctx, cid, case, gradient)
         transform = mm.TRANSFORMS[rel.transform].fn
         assert transform is not None
         out = transform(case, draw)
@@ -356,6 +360,8 @@ def _metamorphic(mid: str):
         # output through the transform's permutation, "equal" compares them as they are.
         mapping = permutation if relation == "permuted" else mm.same
         assume(ctx.adapter.capabilities.unsupported(case2) is None)
+        if relation == "own_gradient":
+            return _interleaved(ctx, cid, case, case2)
         # Both calls are first judged against the oracle like any forward call, so that a
         # wrong value is reported as what it is; the relation then binds the two together.
         r1 = _call(ctx, cid, case, gradient=False)
@@ -412,6 +418,52 @@ def _decomposed(ctx: Context, cid: str, case: Case):
         raise CheckFailure(cid, Verdict(False, "call", "valid_input.accepted",
                                         f"log_softmax/nll_loss raised on a valid input: {type(exc).__name__}: {exc}"[:400]),
                            case) from None
+
+
+#: Relations judged on gradients (the check needs the adapter's gradient support).
+GRADIENT_RELATIONS = ("gradient_rows_sum_to_zero", "own_gradient")
+
+
+def _interleaved(ctx: Context, cid: str, case: Case, case2: Case) -> Outcome:
+    """forward(a), forward(b) of the same shape, then backward(a), backward(b): each result
+    is judged against its own call's exact value and gradient (a backward that reads a
+    workspace shared per shape returns the other call's gradient)."""
+    assume(case.positions > 0 and case.num_classes > 1)
+    adapter = ctx.adapter
+    try:
+        h1 = adapter.forward(case, gradient=True)
+        h2 = adapter.forward(case2, gradient=True)
+        r1 = adapter.backward(h1)
+        r2 = adapter.backward(h2)
+    except InputsMutated as exc:
+        raise CheckFailure(cid, Verdict(False, "inputs", "inputs.unmodified", str(exc)), case) from None
+    except Exception as exc:  # noqa: BLE001
+        raise CheckFailure(cid, Verdict(False, "call", "valid_input.accepted",
+                                        f"interleaved forward/backward raised on a valid input: {type(exc).__name__}: {exc}"[:400]),
+                           case) from None
+    outs = []
+    for c, r, other, order in ((case, r1, case2, "first"), (case2, r2, case, "second")):
+        try:
+            outs.append(_judge_call(ctx, cid, c, r, gradient=True))
+        except CheckFailure as f:
+            f.verdict.message = (f"the {order} of two interleaved calls (forward, forward, backward, backward): "
+                                 f"{f.verdict.message}")
+            raise CheckFailure(cid, f.verdict, c, related=other) from None
+    return outs[0]
+
+
+def _not_aliased(ctx: Context, cid: str, case: Case, gradient: bool) -> Outcome:
+    """The returned loss and gradients are fresh memory: no view of an argument, none of
+    another returned array (the adapter reports what shares memory)."""
+    res = _call(ctx, cid, case, gradient=gradient)
+    if res.shared is None:
+        raise NotSupported(f"{ctx.adapter.name} cannot tell which returned arrays share memory")
+    out = _judge_call(ctx, cid, case, res, gradient=gradient)
+    if res.shared:
+        raise CheckFailure(cid, Verdict(False, "relation", f"metamorphic.{cid.split('.', 1)[1]}",
+                                        f"returned arrays share memory: {'; '.join(res.shared)}",
+                                        expected="fresh memory", actual="; ".join(res.shared)), case)
+    return out
 
 
 def _rows_sum_to_zero(ctx: Context, cid: str, case: Case) -> Outcome:
@@ -525,7 +577,7 @@ def catalogue(spec: Spec) -> list[Check]:
     for mid, rel in spec.metamorphic.items():
         out.append(Check(f"metamorphic.{mid}", "metamorphic", f"metamorphic.{mid}", rel.description or mid,
                          _metamorphic(mid), {k: v["metamorphic"] for k, v in P.items()},
-                         need_gradient=rel.relation == "gradient_rows_sum_to_zero", requires=rel.requires))
+                         need_gradient=rel.relation in GRADIENT_RELATIONS, requires=rel.requires))
     if spec.operation == "cross_entropy":
         out.append(Check("crossdevice.cpu_agreement", "crossdevice", "crossdevice",
                          "a GPU adapter agrees with its CPU twin on the same inputs (both judged by the oracle)",

@@ -56,6 +56,10 @@ class Verdict:
     #: error/bound per compared element (a sample), for the accuracy plots.
     ratios: list[float] = field(default_factory=list)
     ulps: list[float] = field(default_factory=list)
+    #: (lower neighbour of the exact value, signed error in half-ulps) of the elements the
+    #: rounding-bias rule counts (tolerances.unbiased, conformance/bias.py): loss values
+    #: compared with an ``internal`` bound, one per ulp interval.
+    signed: list[tuple[float, float]] = field(default_factory=list)
 
 
 def _scalar(a) -> Any:
@@ -117,6 +121,18 @@ class Judge:
                     bound = bound + t.k_reduce * gam * (P - 1) * np.abs(self._finite(ev.value))
         bound = np.where(np.isfinite(bound), bound, 0.0)
         return self._shape_like(bound, ev.value, ev)
+
+    def internal_bound(self, ev: Evaluation, case: Case) -> np.ndarray | None:
+        """What float32 internal math may err on the loss (the float32 row of the bound), for
+        the rounding-bias rule (tolerances.unbiased); None where the rule does not apply:
+        another dtype or path, label smoothing, extensions (a loss of several rounded terms:
+        torch forms them from half-precision log-probabilities, so one rounding does not
+        decide the side)."""
+        rule = self.tol.unbiased
+        if (not rule or case.dtype not in rule["dtypes"] or ev.path not in rule.get("paths", (ev.path,))
+                or case.label_smoothing != 0 or case.extensions or "float32" not in self.tol.dtypes):
+            return None
+        return self.value_bound(ev, "float32")
 
     def gradient_bound(self, ev: Evaluation, wrt: str, dtype: str, case: Case) -> np.ndarray:
         if self.spec.linear is not None and wrt != "input":  # hidden, classifier, bias (conformance/linear.py)
@@ -180,8 +196,12 @@ class Judge:
 
     # ------------------------------------------------------------------ comparison
     def compare(self, actual, expected: np.ndarray, bound: np.ndarray, dtype: str, *, what: str, clause: str,
-                unspecified: np.ndarray | None = None, expected_dtype: str | None = None) -> Verdict:
-        """Elementwise comparison with NaN/inf/overflow rules; dtype and shape first."""
+                unspecified: np.ndarray | None = None, expected_dtype: str | None = None,
+                internal: np.ndarray | None = None) -> Verdict:
+        """Elementwise comparison with NaN/inf/overflow rules; dtype and shape first.
+
+        ``internal``: what a correct implementation's float32 internal math may err
+        (:meth:`internal_bound`); given, the verdict keeps the rounding-bias samples."""
         expected = np.asarray(expected, dtype=np.float64)
         actual_arr = np.asarray(actual)
         want_dtype = expected_dtype or dtype
@@ -224,6 +244,9 @@ class Judge:
             ratios = (diff / np.maximum(allowed, np.finfo(np.float64).tiny))[finite_both]
             v.ratios = _sample(ratios)
             v.ulps = _sample(ulps_each[finite_both])
+        if internal is not None and v.ok and np.any(finite_both):
+            v.signed = rounding_samples(a, e, np.broadcast_to(np.asarray(internal, dtype=np.float64), e.shape), dtype,
+                                        float(self.tol.unbiased["max_internal"]))
         if e.size:
             if v.ok:
                 idx = np.unravel_index(int(np.argmax(np.where(finite_both, ulps_each, -1.0))), e.shape) if np.any(finite_both) else None
@@ -249,6 +272,26 @@ class Judge:
                 v.message = (f"{what}{where} = {av_!r}, expected {ev_!r}: error {v.max_error_ulps:.3g} ulp "
                              f"> bound {v.bound_ulps:.3g} ulp of {dtype} ({n_bad} of {e.size} elements wrong)")
         return v
+
+
+def rounding_samples(a: np.ndarray, e: np.ndarray, internal: np.ndarray, dtype: str, eta: float,
+                     k: int = 512) -> list[tuple[float, float]]:
+    """``(lo, z)`` for the elements whose error can only be the rounding of the result: the
+    exact value ``e`` is not representable in ``dtype`` (it lies strictly between the
+    neighbours lo < e < hi), the output ``a`` is one of them, and the internal error allowance
+    is at most ``eta`` half-ulps (else rounding once to nearest does not decide the side).
+    ``z = (a - e) / half-ulp`` lies in [-1, 1] for round-to-nearest, in (-2, 0] for
+    truncation of a positive value. One element per ulp interval (lo), at most ``k``."""
+    with np.errstate(all="ignore"):
+        sp = ulp(e, dtype)
+        lo = np.floor(e / sp) * sp
+        hi = lo + sp
+        half = sp / 2
+        pick = (np.isfinite(e) & np.isfinite(a) & (np.abs(e) <= max_finite(dtype)) & (e != lo)
+                & ((a == lo) | (a == hi)) & (internal <= eta * half))
+        z = (a - e) / half
+    los, idx = np.unique(lo[pick], return_index=True)
+    return [(float(x), float(y)) for x, y in zip(los[:k], z[pick][idx][:k])]
 
 
 def _sample(a: np.ndarray, k: int = 64) -> list[float]:

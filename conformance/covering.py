@@ -107,7 +107,11 @@ STRENGTH = {"quick": 2, "default": 3, "thorough": 4}
 
 def option_domains(spec, req) -> dict[str, list[str]]:
     """The option classes a check may draw (conformance.gate.OPTION_CLASSES names), from the
-    spec's domains intersected with an adapter's capabilities (a strategies.Request)."""
+    spec's domains intersected with an adapter's capabilities (a strategies.Request).
+    ``layout`` is an option class of signatures but not of the covering array: drawn at
+    random on every example (5 layouts over ~200 examples a check), it would add ~35 rows
+    per check and leave t-way triples that some layouts cannot take (channels-last needs
+    spatial axes, expanded equal batch entries) uncovered."""
     from .strategies import rank_class
 
     feats = req.features

@@ -24,7 +24,7 @@ from hypothesis import seed as hyp_seed
 from hypothesis import strategies as st
 from hypothesis.errors import FlakyFailure, FlakyStrategyDefinition, Unsatisfiable
 
-from . import covering
+from . import bias, covering
 from . import strategies as strat
 from .checks import Check, CheckFailure, Context, NotSupported, Outcome
 from .gate import OPTION_CLASSES, FailureFilter, option_classes, signature, signature_key
@@ -93,7 +93,7 @@ def case_inputs_npz(case) -> bytes:
     for name, a in (("input", case.x), ("target", case.target), ("weight", case.weight), ("upstream", case.upstream)):
         if a is None:
             continue
-        a = np.asarray(a)
+        a = np.asarray(a).copy()  # C order, whatever the case's memory layout
         if a.dtype.kind == "V" or a.dtype.name == "bfloat16":
             arrays[f"{name}__bfloat16"] = a.view(np.uint16)
         else:
@@ -127,6 +127,7 @@ def run_check(ctx: Context, check: Check, *, seed: int | None = None, derandomiz
     search.run(res)
     res.duration_s = round(time.perf_counter() - t0, 3)
     _summarise(res, search.outcomes)
+    bias.apply(res, search.outcomes, ctx.spec, case_inputs_npz)  # one-sided rounding within bounds (tolerances.unbiased)
     res.examples = search.tried
     res.first_failure = search.first_failure
     res.tway = search.tway()

@@ -32,6 +32,9 @@ OPTION_CLASSES: dict[str, tuple[str, ...]] = {
     "smoothing": ("0", "(0,1)", "1"),
     "rank": ("unbatched", "batched", "spatial"),
     "regime": ("ordinary", "large_magnitude", "huge", "ties", "confident", "nonfinite"),
+    # memory layout of the arrays (conformance/layouts.py); left out of signature keys when
+    # contiguous, so that keys written before layouts existed stay valid
+    "layout": ("contiguous", "transposed", "sliced", "channels_last", "expanded"),
 }
 
 #: What went wrong, by the verdict that failed.
@@ -64,6 +67,7 @@ def option_classes(case) -> dict[str, str]:
         "smoothing": "0" if eps == 0 else ("1" if eps == 1 else "(0,1)" if 0 < eps < 1 else "invalid"),
         "rank": rank_class(case.rank),
         "regime": regime,
+        "layout": getattr(case, "layout", "contiguous"),
     }
 
 
@@ -123,7 +127,8 @@ def signature(kind: str, verdict, case) -> dict[str, str]:
 
 def signature_key(check_id: str, sig: dict[str, str]) -> str:
     """A stable one-line form, ``check|field=value|...``: what baselines and ``diff`` compare."""
-    return check_id + "|" + "|".join(f"{k}={sig.get(k, '')}" for k in SIGNATURE_FIELDS)
+    return check_id + "|" + "|".join(f"{k}={sig.get(k, '')}" for k in SIGNATURE_FIELDS
+                                     if not (k == "layout" and sig.get(k, "contiguous") == "contiguous"))
 
 
 def signature_from_failure(check_id: str, kind: str, failure: dict[str, Any]) -> dict[str, str] | None:
@@ -152,6 +157,7 @@ def signature_from_failure(check_id: str, kind: str, failure: dict[str, Any]) ->
         "rank": "unbatched" if rank == 1 else "batched" if rank == 2 else "spatial",
         "regime": str(ce.get("regime") or "ordinary"),
         "legacy": "given" if ce.get("legacy") else "absent",
+        "layout": str((ce.get("layout") or {}).get("name", "contiguous")),
     })
     return sig
 

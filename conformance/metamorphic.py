@@ -49,11 +49,19 @@ def _shift(case: Case, draw):
     return case.copy(x=xq, purpose=f"logits + a constant per position ({shown}{' ...' if P > 8 else ''})"), _same
 
 
+def _permutation(draw, n: int, label: str) -> np.ndarray:
+    """A drawn permutation of range(n): element by element (shrinkable) for small n, from a
+    drawn seed for large n (C reaches 131072; Hypothesis would overrun its buffer)."""
+    if n <= 64:
+        return np.array(draw(st.permutations(list(range(n))), label=label))
+    return np.random.default_rng(draw(st.integers(0, 2**32 - 1), label=f"{label}_seed")).permutation(n)
+
+
 def _batch_perm(case: Case, draw):
     if case.rank < 2 or case.x.shape[0] < 2:
         return None
     n = case.x.shape[0]
-    perm = np.array(draw(st.permutations(list(range(n))), label="batch_permutation"))
+    perm = _permutation(draw, n, "batch_permutation")
     new = case.copy(x=case.x[perm], target=np.asarray(case.target)[perm], upstream=None,
                     purpose=f"batch permuted by {perm.tolist()}")
     return new, lambda out: np.asarray(out)[perm] if np.ndim(out) else out
@@ -71,7 +79,7 @@ def _class_perm(case: Case, draw):
     C = case.num_classes
     if C < 2:
         return None
-    perm = np.array(draw(st.permutations(list(range(C))), label="class_permutation"))
+    perm = _permutation(draw, C, "class_permutation")
     inv = np.argsort(perm)
     ax = case.class_axis
     x = np.take(case.x, perm, axis=ax)
@@ -119,6 +127,11 @@ def _one_hot(case: Case, draw):
     y = np.moveaxis(y, -1, case.class_axis) if case.rank > 1 else y.reshape(C)
     return case.copy(target=np.ascontiguousarray(y.astype(np_dtype(case.dtype))), ignore_index=-100,
                      purpose="one-hot probability target"), _same
+
+
+def _negate(case: Case, draw):
+    # another call of the same shape whose gradient differs (negation is exact in every dtype)
+    return case.copy(x=(-as_float64(case.x)).astype(case.x.dtype), purpose="logits negated (a second call of the same shape)"), _same
 
 
 def _decompose(case: Case, draw):
@@ -172,6 +185,7 @@ for _name, _doc, _fn in (
     ("remove_ignored", "drop the ignored positions", _remove_ignored),
     ("index_to_one_hot", "replace class indices with one-hot probabilities", _one_hot),
     ("nll_loss_of_log_softmax", "call nll_loss on log_softmax instead", _decompose),
+    ("negate_logits", "the same shape with every logit negated", _negate),
 ):
     TRANSFORMS.add(Transform(_name, _doc, _fn))
 TRANSFORMS.add(Transform("permute_hidden_rows", "hidden rows and targets permuted together", _permute_hidden_rows,

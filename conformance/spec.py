@@ -133,6 +133,8 @@ class Tolerances:
     accumulate: Formula | None = None
     gaccumulate: Formula | None = None
     gaccumulate_target: Formula | None = None
+    #: The rounding-bias rule (conformance/bias.py): {dtypes, max_internal, alpha, min_samples, min_mean}.
+    unbiased: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -727,7 +729,8 @@ def _build(raw: dict, text: str, file: str) -> Spec:
                             parse(tol["gscale"], known=frozenset(all_known), where="tolerances.gscale"),
                             {d: _dtype_tolerance(v) for d, v in tol["dtypes"].items()},
                             *(parse(tol[key], known=frozenset(all_known), where=f"tolerances.{key}") if key in tol else None
-                              for key in ("gscale_target", "accumulate", "gaccumulate", "gaccumulate_target")))
+                              for key in ("gscale_target", "accumulate", "gaccumulate", "gaccumulate_target")),
+                            dict(tol["unbiased"]) if tol.get("unbiased") else None)
 
     special = {k: SpecialCase(k, tuple(v["make"]), v.get("path"), dict(v["expect"]), v.get("note", ""))
                for k, v in (raw.get("special_cases") or {}).items()}

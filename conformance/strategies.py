@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 from hypothesis import strategies as st
 
+from . import layouts
 from .case import Case, np_dtype
 from .registry import Entry, Modifier, Needs, Registry
 
@@ -160,6 +161,28 @@ _modifier("long_reduction", "a long batch (thousands of positions) in rank 2, no
           {"ranks": (2,), "long": True, "no_ignored": True, "min_classes": 2})
 _modifier("half_precision", "float16 or bfloat16", {"dtypes": ("float16", "bfloat16")})
 _modifier("huge_logits", "logits near 1e30 (float32/float64)", {"dtypes": ("float32", "float64"), "regime": "huge"})
+_modifier("vocab_blocks", "C at a block boundary (2^k +- 1) or a real vocabulary size, 1-2 rows, the maximum logit "
+          "in the last block, class ids >= 32768 where C allows (domains.sizes)",
+          {"ranks": (2,), "shape_kind": "vocab", "no_ignored": True, "weight_positive_or_absent": True,
+           "finite_regime": True})
+_modifier("chunk_rows", "rows around chunk sizes (domains.sizes.chunk_rows) at small C",
+          {"ranks": (2,), "shape_kind": "chunk", "no_ignored": True, "weight_positive_or_absent": True,
+           "min_classes": 2})
+_modifier("spatial_equals_classes", "an (N, C, d) input whose spatial size d equals C",
+          {"ranks": (3,), "shape_kind": "spatial_equals_classes", "no_ignored": True,
+           "weight_positive_or_absent": True, "min_classes": 2, "min_positions": 1})
+_modifier("empty_spatial", "a zero-size spatial axis with N > 0", {"ranks": (3, 4, 5), "empty_spatial": True},
+          features=("empty",))
+# many rounding decisions per example for tolerances.unbiased (conformance/bias.py): one
+# loss per row, each a log-probability of its own (no smoothing, weight or ignored rows),
+# rows distinct (no broadcast batch entry), so one example gives dozens of samples
+_modifier("distinct_rows", "64 or more rows (domains.sizes.rounding_rows) of ordinary logits, index targets, "
+          "no weight, no smoothing, nothing ignored, no broadcast batch entries",
+          {"ranks": (2,), "target_kinds": ("index",), "shape_kind": "rows", "no_ignored": True,
+           "weight": "absent", "no_smoothing": True, "regime": "ordinary", "min_classes": 2,
+           "distinct_rows": True})
+_modifier("bfloat16", "bfloat16 only", {"dtypes": ("bfloat16",)})
+_modifier("float16", "float16 only", {"dtypes": ("float16",)})
 for _eid in ("shift", "logit_scale", "softcap", "z_loss", "normalizer", "return_lse"):
     _modifier(f"with_{_eid}", f"extension {_eid} on", {"target_kinds": ("index",), "extensions": (_eid,)})
 
@@ -308,11 +331,12 @@ def cases(draw, spec, req: Request) -> Case:
         if req.large_classes and rank == 2:
             menu += [c for c in sizes.get("large_classes", []) if req.max_classes is None or c <= req.max_classes]
         C = draw(st.sampled_from(menu), label="classes")
-    shape_kind = "small"
-    if force.get("long"):
-        shape_kind = "long"
-    elif rank == 2 and req.allow_long and not force.get("empty") and C <= 1000 and sizes.get("large_batch"):
-        shape_kind = draw(st.sampled_from(["small"] * 4 + ["long"]), label="shape_kind")
+    shape_kind = _shape_kind(draw, sizes, force, req, rank, C)
+    if shape_kind == "vocab":
+        # C around block sizes (2^k +- 1) and real vocabulary sizes, at small P
+        menu = [c for c in sizes.get("vocab_classes", []) + sizes.get("boundary_classes", [])
+                if req.max_classes is None or c <= req.max_classes]
+        C = draw(st.sampled_from(menu), label="vocab_classes")
     if rank == 1:
         batch_shape: tuple[int, ...] = ()
     elif force.get("empty"):
@@ -321,12 +345,30 @@ def cases(draw, spec, req: Request) -> Case:
         # keep N*C at a few hundred thousand elements: long reductions, cheap generation
         C = C if C <= 64 else 50
         batch_shape = (draw(st.sampled_from(sizes["large_batch"]), label="batch"),)
+    elif shape_kind == "vocab":
+        batch_shape = (draw(st.sampled_from(sizes.get("boundary_batch", [1])), label="batch"),)
+    elif shape_kind == "rows":
+        batch_shape = (draw(st.sampled_from(sizes.get("rounding_rows", [64])), label="batch"),)
+    elif shape_kind == "chunk":
+        # rows around chunk sizes (a mean of per-chunk means, a partial last chunk), small C
+        C = C if C <= 64 else draw(st.sampled_from([c for c in sizes["classes"] if c <= 64] or [2]), label="chunk_classes")
+        batch_shape = (draw(st.sampled_from(sizes["chunk_rows"]), label="batch"),)
     else:
         n_menu = [n for n in sizes["batch"] if (n > 0 or req.allow_empty) and n >= force.get("min_positions", 0)]
+        if force.get("empty_spatial"):
+            n_menu = [n for n in n_menu if n > 0] or [1]
+        if pins.get("layout") == "expanded":
+            n_menu = [n for n in n_menu if n >= 2] or [3]
         if C >= 257 or rank >= 4:
-            n_menu = [n for n in n_menu if n <= 16] or [1]
+            n_menu = [n for n in n_menu if n <= 16] or n_menu[:1] or [1]
         N = draw(st.sampled_from(n_menu), label="batch")
         spatial = tuple(draw(st.sampled_from(sizes["spatial"]), label=f"d{i + 1}") for i in range(rank - 2))
+        if shape_kind == "spatial_equals_classes":
+            # the last spatial size equals C: a class axis guessed as the last one goes unseen by shapes
+            C = C if C <= 64 else 5
+            spatial = spatial[:-1] + (C,)
+        if force.get("empty_spatial"):
+            spatial = spatial[:-1] + (0,)  # a zero-size spatial axis with N > 0
         batch_shape = (N,) + spatial
     P = int(np.prod(batch_shape, dtype=np.int64)) if batch_shape else 1
 
@@ -380,12 +422,22 @@ def cases(draw, spec, req: Request) -> Case:
     regime = force.get("regime") or _draw_pinned(draw, pins, "regime", regimes)
     seeded = P * C > SMALL
     x = _regime_values(draw, regime, dtype, (P, C), seeded, "logits")
+    if shape_kind == "vocab" and P and C > 1:
+        _late_maximum(draw, x)
+    layout_menu = [lay for lay in spec.domains.get("layouts", ["contiguous"])
+                   if layouts.valid(lay, rank, batch_shape[0] if batch_shape else None)
+                   and not (force.get("distinct_rows") and lay == "expanded")]
+    layout = _draw_pinned(draw, pins, "layout", layout_menu)
+    if layout == "expanded" and P:
+        xb = x.reshape(batch_shape[0], -1, C)
+        xb[1:] = xb[0]  # one batch entry broadcast with stride 0 (the view is built by Case)
 
     env = {"x": x, "P": P, "C": C}
     if kind == "index":
         if seeded:
             rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1), label="target_seed"))
-            t = rng.integers(0, C, size=P)
+            # vocabulary sizes: class ids in the late blocks, >= 32768 when C allows (int16 wraps)
+            t = rng.integers(min(32768, C // 2) if shape_kind == "vocab" else 0, C, size=P)
         else:
             t = np.asarray(draw(st.lists(st.integers(0, C - 1), min_size=P, max_size=P), label="target"), dtype=np.int64)
         if P and ignore_index != -100 or (P and ignore_kind == "default" and "ignore_index" in req.features):
@@ -396,6 +448,9 @@ def cases(draw, spec, req: Request) -> Case:
                 k = draw(st.integers(1, P), label="ignored_count") if P <= SMALL else max(1, P // 7)
                 idx = np.random.default_rng(int(t.sum()) + P).choice(P, size=k, replace=False)
                 t[idx] = ignore_index
+        if layout == "expanded" and P:
+            tb = t.reshape(batch_shape[0], -1)
+            tb[1:] = tb[0]  # every batch entry alike, so that confident logits stay one broadcast entry
         if regime == "confident":
             rows = np.arange(P)
             ok = (t >= 0) & (t < C)
@@ -456,16 +511,57 @@ def cases(draw, spec, req: Request) -> Case:
     none_shape = batch_shape if rank > 1 else ()
     case = Case(x=x_out, target=target, weight=weight, reduction=reduction, ignore_index=int(ignore_index),
                 label_smoothing=float(eps), legacy=legacy, regime=regime, modifiers=req.modifiers,
-                extensions=extensions)
+                extensions=extensions, layout=layout)
     if "normalizer" in extensions:
         _set_normalizer(case)
+    if layout == "expanded" and not layouts.expandable(np.asarray(case.x)):
+        case.layout = "contiguous"  # batch entries differ: no stride-0 view of them exists
     assert case.x.shape == shape_full
+    case.extra["shape_kind"] = shape_kind
     # A random upstream gradient, shaped like the output, so that 'none' is not only
     # differentiated through a sum.
     out_shape = none_shape if case.effective_reduction(spec.deprecated) == "none" else ()
     rng = np.random.default_rng(P + 13)
     case.upstream = _quantise(rng.choice([-1.5, -0.5, 0.75, 1.0, 2.0], size=out_shape), dtype)
     return case
+
+
+def _shape_kind(draw, sizes, force, req, rank, C) -> str:
+    """small, long, vocab (C at block/vocabulary sizes), chunk (rows around chunk sizes) or
+    spatial_equals_classes, drawn with the weights of the spec's ``domains.sizes.shape_kinds``."""
+    if force.get("long"):
+        return "long"
+    if force.get("shape_kind"):
+        return force["shape_kind"]
+    if "classes" in force or force.get("empty") or force.get("empty_spatial") or not req.allow_long:
+        return "small"
+    weights = sizes.get("shape_kinds") or {"small": 4, "long": 1}
+    if rank == 2 and C <= 1000 and sizes.get("large_batch"):
+        allowed = ("small", "long", "vocab", "chunk")
+    elif rank >= 3:
+        allowed = ("small", "spatial_equals_classes")
+    else:
+        return "small"
+    if not sizes.get("chunk_rows"):
+        allowed = tuple(k for k in allowed if k != "chunk")
+    if not (sizes.get("boundary_classes") or sizes.get("vocab_classes")):
+        allowed = tuple(k for k in allowed if k != "vocab")
+    menu = [k for k in allowed for _ in range(int(weights.get(k, 0)))]
+    return draw(st.sampled_from(menu), label="shape_kind") if len(set(menu)) > 1 else (menu[0] if menu else "small")
+
+
+def _late_maximum(draw, x: np.ndarray) -> None:
+    """Each row's largest logit in its last (partial) block: at C - 1 or in the last eighth,
+    above the rest by a drawn margin (online-softmax kernels must rescale their running sum
+    there, and a dropped partial block loses it)."""
+    P, C = x.shape
+    margin = draw(st.sampled_from([0.5, 2.0, 6.0]), label="late_margin")
+    shift = draw(st.sampled_from([0.0, -8.0]), label="late_shift")
+    rng = np.random.default_rng(P * 1_000_003 + C)
+    x += shift
+    for r in range(P):
+        pos = C - 1 if r % 2 == 0 else int(rng.integers(C - max(1, C // 8), C))
+        x[r, pos] = np.max(x[r]) + margin
 
 
 def _full_shape(batch_shape, C, rank):

@@ -354,7 +354,7 @@ class _StateGuard:
 
 
 def _guard_adapter(adapter, guard: _StateGuard) -> None:
-    for method in ("call", "log_softmax", "nll_loss"):
+    for method in ("call", "forward", "backward", "log_softmax", "nll_loss"):
         fn = getattr(adapter, method, None)
         if fn is None:
             continue
