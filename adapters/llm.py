@@ -12,10 +12,9 @@ The capabilities follow from the form, so an option the API lacks is never sent.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
-
-import numpy as np
+from typing import Any
 
 from conformance.adapters.base import ALL_FEATURES, LINEAR, Adapter, Capabilities, InputsMutated, Result
 from conformance.adapters.torch_adapter import _same_bits, to_numpy, to_tensor

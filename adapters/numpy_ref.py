@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ml_dtypes
 import numpy as np
 
 from conformance import layouts
-from conformance.adapters.base import (ALL_FEATURES, Adapter, Capabilities, Result,
-                                       check_unmodified, shared_memory)
+from conformance.adapters.base import ALL_FEATURES, Adapter, Capabilities, Result, check_unmodified, shared_memory
 from conformance.case import Case
 
 REDUCTIONS = ("none", "sum", "mean")

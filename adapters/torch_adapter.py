@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import platform
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import ml_dtypes
 import numpy as np

@@ -165,7 +165,7 @@ class Case:
             kw.update(self.legacy)
         return kw
 
-    def copy(self, **changes) -> "Case":
+    def copy(self, **changes) -> Case:
         return replace(self, **changes)
 
     def describe(self, small: int = 64) -> dict[str, Any]:

@@ -12,15 +12,17 @@ Each check has an ``example`` function: given the adapter, the context and a Hyp
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from hypothesis import assume
 
 from conformance.adapters.base import Adapter, InputsMutated
-from . import metamorphic as mm
+
 from . import linear_strategies
+from . import metamorphic as mm
 from . import strategies as strat
 from .case import Case, as_float64, np_dtype
 from .compare import Judge, Verdict
@@ -400,7 +402,7 @@ def _relation_holds_exactly(ctx: Context, mid: str, relation: str, e1: np.ndarra
         same_shape = np.shape(e1) == np.shape(e2)
         gap = np.abs(e2 - e1) if same_shape else np.inf
         scale = np.abs(np.nan_to_num(e1, posinf=0, neginf=0)) + np.abs(np.nan_to_num(e2, posinf=0, neginf=0))
-        ok = same_shape and bool(np.all((gap <= 1e-11 * scale + 1e-300) | ((np.isnan(e1) & np.isnan(e2)))
+        ok = same_shape and bool(np.all((gap <= 1e-11 * scale + 1e-300) | (np.isnan(e1) & np.isnan(e2))
                                         | (np.isinf(e1) & (e1 == e2))))
     if not ok:
         raise SpecContradiction(

@@ -247,7 +247,7 @@ class FailureFilter:
         return {"known": self.known, "baseline": self.baseline, "baseline_whole": self.baseline_whole}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any] | None) -> "FailureFilter":
+    def from_json(cls, d: dict[str, Any] | None) -> FailureFilter:
         d = d or {}
         return cls(list(d.get("known", [])), dict(d.get("baseline", {})), list(d.get("baseline_whole", [])))
 

@@ -16,10 +16,11 @@ import json
 import keyword
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jsonschema
 import yaml
@@ -203,7 +204,7 @@ class Spec:
         """The warning category a call with a deprecated argument must emit (None: no rule)."""
         return self.raw["signature"].get("deprecated_warning")
 
-    def with_variants(self, names) -> "Spec":
+    def with_variants(self, names) -> Spec:
         """This spec with the formula overrides of the named variants applied."""
         names = tuple(sorted(set(names) & set(self.variants)))
         if not names:

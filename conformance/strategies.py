@@ -14,8 +14,8 @@ conformance/registry.py registries (name, doc, function, declared needs).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from hypothesis import strategies as st
@@ -187,7 +187,7 @@ for _eid in ("shift", "logit_scale", "softcap", "z_loss", "normalizer", "return_
     _modifier(f"with_{_eid}", f"extension {_eid} on", {"target_kinds": ("index",), "extensions": (_eid,)})
 
 #: Extensions a modifier forces on (checked against the adapter's declared extensions).
-def _forced_extensions(req: "Request") -> tuple[str, ...]:
+def _forced_extensions(req: Request) -> tuple[str, ...]:
     return tuple(e for m in req.modifiers for e in MODIFIERS[m].force.get("extensions", ()))
 
 
@@ -222,7 +222,7 @@ def _draw_extensions(draw, spec, req: Request, forced: tuple[str, ...], reductio
     return out
 
 
-def _set_normalizer(case: "Case") -> None:
+def _set_normalizer(case: Case) -> None:
     """Resolve a drawn normaliser: this batch's valid count (after any shift), or the drawn one."""
     kind, value = case.extensions["normalizer"]
     if kind == "valid_count":
