@@ -9,6 +9,7 @@ layouts reach the implementation as views (strides, storage offset), and every c
 once at C = 131072, P * C = 2^24 (slow).
 """
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import planted_inputs  # noqa: E402
+import conformance  # noqa: E402
 from conformance import bias, layouts  # noqa: E402
 from conformance.adapters.base import Capabilities  # noqa: E402
 from conformance.adapters.torch_adapter import TorchFunctionAdapter, to_tensor  # noqa: E402
@@ -24,13 +26,13 @@ from conformance.checks import Context, catalogue  # noqa: E402
 from conformance.engine import run_check  # noqa: E402
 from conformance.gate import FailureFilter, signature_key  # noqa: E402
 from conformance.runner.session import load_known  # noqa: E402
-from conformance.spec import default_spec_path, load_default  # noqa: E402
+from conformance.spec import load_default  # noqa: E402
 
 SPEC = load_default()
 EXTRA = {op: load_default(op) for op in ("log_softmax", "nll_loss")}
 CHECKS = {c.id: c for c in catalogue(SPEC)}
 SEEDS = int(os.environ.get("CE_META_SEEDS", "1"))
-KNOWN = [dict(e, adapter="planted-*") for e in load_known([str(default_spec_path().parents[1] / "known" / "torch.yaml")])]
+KNOWN = [dict(e, adapter="planted-*") for e in load_known([str(Path(conformance.__file__).parent / "known" / "torch.yaml")])]
 
 
 def _ctx(name: str) -> Context:
@@ -324,18 +326,20 @@ def test_every_check_runs_at_C_131072():
     for cid, check in CHECKS.items():
         if cid.startswith("crossdevice."):
             continue
-        done = []
+        done: list = []
 
-        @settings(max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-        @given(st.data())
-        def once(data, check=check, done=done):
-            if done:
-                return
-            out = check.example(ctx, data.draw)
-            done.append(out.case.x.shape)
+        def searcher(check=check, done=done):
+            @settings(max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+            @given(st.data())
+            def once(data):
+                if done:
+                    return
+                out = check.example(ctx, data.draw)
+                done.append(out.case.x.shape)
+            return once
 
         try:
-            once()
+            searcher()()
         except Exception as exc:  # noqa: BLE001
             bad.append(f"{cid}: {type(exc).__name__}: {str(exc)[:300]}")
         sizes[cid] = done[:1]
