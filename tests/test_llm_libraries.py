@@ -114,7 +114,8 @@ def test_cce_linear_form():
 
 
 def test_cce_accepts_a_nonpositive_softcap(tmp_path):
-    """docs/findings.md C3: softcap=0 is accepted (tanh(x / 0) is NaN; the spec says reject)."""
+    """docs/findings.md C3: softcap=0 is accepted (each logit becomes 0 * tanh(+-inf) = 0, or NaN
+    where it is 0; the spec says reject)."""
     _need("cut_cross_entropy", "pip install --no-deps cut-cross-entropy (the cce extra)")
     _need("triton", "cut_cross_entropy imports triton at import (pip install --no-deps triton)")
     code, res = gate(tmp_path, "cce_linear.yaml", "error.softcap_nonpositive", "error.hidden_size_mismatch",
