@@ -1,5 +1,6 @@
 """Real LLM cross-entropy kernels gated through ``form:`` configs (examples/liger_llm.yaml,
-examples/hf_causal_lm.yaml) on a few checks each; docs/findings.md has the full runs.
+examples/hf_causal_lm.yaml, examples/cce_linear.yaml, examples/torchtune_chunked.yaml,
+examples/flash_attn_ce.yaml) on a few checks each; docs/findings.md has the full runs.
 
 Each test skips, saying why, when its library is missing. Liger runs under Triton's CPU
 interpreter (TRITON_INTERPRET=1, set here for the worker processes) when there is no GPU.
@@ -26,9 +27,12 @@ def _need(module: str, why: str):
         pytest.skip(f"{module} is not installed: {why}")
 
 
-def gate(tmp_path, config: str, *checks: str, profile: str = "quick"):
+LINEAR_SPEC = Path(__file__).resolve().parent.parent / "specs" / "linear_cross_entropy.yaml"
+
+
+def gate(tmp_path, config: str, *checks: str, profile: str = "quick", spec: Path | None = None):
     args = ["run", "--adapter", str(EXAMPLES / config), "--profile", profile, "--ci", "--no-report",
-            "--out", str(tmp_path / "out")]
+            "--out", str(tmp_path / "out")] + (["--spec", str(spec)] if spec else [])
     for c in checks:
         args += ["--check", c]
     code = cli.main(args)
@@ -65,6 +69,12 @@ def test_hf_causal_lm_accepts_mismatched_label_shapes(tmp_path):
 
 
 # --------------------------------------------------------------------------- Liger-Kernel
+def _liger_interpret(monkeypatch):
+    import torch
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
 def _liger(monkeypatch):
     _need("liger_kernel", "pip install --no-deps liger-kernel triton (the liger extra)")
     _need("triton", "Liger-Kernel's kernels are Triton kernels (pip install --no-deps triton)")
@@ -86,5 +96,71 @@ def test_liger_llm_z_loss_of_an_all_ignored_batch(tmp_path, monkeypatch):
     all_ignored_mean_zero variant)."""
     _liger(monkeypatch)
     code, res = gate(tmp_path, "liger_llm.yaml", "special.z_loss_all_ignored")
+    assert res["special.z_loss_all_ignored"]["status"] == "passed", res["special.z_loss_all_ignored"].get("message")
+    assert code == 0
+
+
+# --------------------------------------------------------------------------- cut-cross-entropy
+def test_cce_linear_form():
+    """cut-cross-entropy 25.1.1: hidden and classifier, no bias; softcap and shift are its only
+    extensions (no z-loss, logit scale or lse output), and no weight or label smoothing."""
+    _need("cut_cross_entropy", "pip install --no-deps cut-cross-entropy (the cce extra)")
+    _need("triton", "cut_cross_entropy imports triton at import (pip install --no-deps triton)")
+    a = resolve(str(EXAMPLES / "cce_linear.yaml"))
+    assert isinstance(a, LlmTorchAdapter) and a.form.args == ("hidden", "classifier", "target")
+    assert a.capabilities.extensions == {"softcap", "shift"}
+    assert "linear" in a.capabilities.features and "linear_bias" not in a.capabilities.features
+    assert not {"weight", "label_smoothing"} & a.capabilities.features
+
+
+def test_cce_accepts_a_nonpositive_softcap(tmp_path):
+    """docs/findings.md C3: softcap=0 is accepted (each logit becomes 0 * tanh(+-inf) = 0, or NaN
+    where it is 0; the spec says reject)."""
+    _need("cut_cross_entropy", "pip install --no-deps cut-cross-entropy (the cce extra)")
+    _need("triton", "cut_cross_entropy imports triton at import (pip install --no-deps triton)")
+    code, res = gate(tmp_path, "cce_linear.yaml", "error.softcap_nonpositive", "error.hidden_size_mismatch",
+                     spec=LINEAR_SPEC)
+    assert res["error.hidden_size_mismatch"]["status"] == "passed"
+    r = res["error.softcap_nonpositive"]
+    assert r["status"] == "failed" and code == 1
+    assert "accepted invalid input (softcap=0.0)" in r["failure"]["message"]
+
+
+# --------------------------------------------------------------------------- torchtune
+def test_torchtune_chunked_output_loss(tmp_path):
+    """torchtune 0.6.1's CEWithChunkedOutputLoss behind its chunked output projection: the mean
+    over non-ignored tokens agrees with the spec, and an all-ignored batch is NaN as the spec's
+    mean says; but labels longer than the hidden states are accepted (findings TT2: zip() drops
+    the extra label chunks and the sum is divided by every label's count)."""
+    _need("torchtune", "pip install --no-deps torchtune (the torchtune extra)")
+    a = resolve(str(EXAMPLES / "torchtune_chunked.yaml"))
+    assert isinstance(a, LlmTorchAdapter) and a.capabilities.extensions == frozenset()
+    assert {"reduction_mean"} == {f for f in a.capabilities.features if f.startswith("reduction_")}
+    code, res = gate(tmp_path, "torchtune_chunked.yaml", "forward.index", "special.all_ignored",
+                     "error.batch_size_mismatch", spec=LINEAR_SPEC)
+    assert res["forward.index"]["status"] == "passed", res["forward.index"].get("message")
+    assert res["special.all_ignored"]["status"] == "passed"
+    r = res["error.batch_size_mismatch"]
+    assert r["status"] == "failed" and code == 1
+    assert "accepted invalid input (target batch 2 for input batch 1)" in r["failure"]["message"]
+
+
+# --------------------------------------------------------------------------- flash-attn
+def test_flash_attn_triton_cross_entropy(tmp_path, monkeypatch):
+    """flash-attn's Triton cross entropy file, loaded alone (examples/flash_attn_adapter.py;
+    flash-attn itself cannot be installed without nvcc): its z-loss adds nothing at ignored rows."""
+    _need("triton", "flash-attn's cross entropy is a Triton kernel (pip install --no-deps triton)")
+    import sys
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from flash_attn_adapter import ENV, ce_file
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    if ce_file() is None:
+        pytest.skip(f"flash-attn's cross_entropy.py not found: set {ENV} (see examples/flash_attn_adapter.py)")
+    _liger_interpret(monkeypatch)
+    a = resolve(str(EXAMPLES / "flash_attn_ce.yaml"))
+    assert a.capabilities.extensions == {"logit_scale", "z_loss", "return_z_loss"}
+    code, res = gate(tmp_path, "flash_attn_ce.yaml", "special.z_loss_all_ignored")
     assert res["special.z_loss_all_ignored"]["status"] == "passed", res["special.z_loss_all_ignored"].get("message")
     assert code == 0
