@@ -24,6 +24,8 @@ from conformance.adapters.base import Adapter, InputsMutated
 from . import linear_strategies
 from . import metamorphic as mm
 from . import strategies as strat
+from .modifiers import MODIFIERS
+from .mutations import MUTATIONS
 from .case import Case, as_float64, np_dtype
 from .compare import Judge, Verdict
 from .oracle import Oracle
@@ -132,6 +134,18 @@ def _call(ctx: Context, check_id: str, case: Case, *, gradient: bool):
         raise CheckFailure(check_id, Verdict(False, "inputs", "inputs.unmodified",
                                              f"the implementation modified its input(s): {', '.join(changed)}"), case)
     return res
+
+
+def call_adapter(ctx: Context, check_id: str, case: Case, *, gradient: bool):
+    """One call of a valid case, as every value check makes it (the reproduction scripts use
+    it too): an exception or a modified input raises :class:`CheckFailure`."""
+    return _call(ctx, check_id, case, gradient=gradient)
+
+
+def judge_result(ctx: Context, check_id: str, case: Case, res, *, gradient: bool) -> Outcome:
+    """Judge one call's result against the oracle as the value checks do: loss, gradients,
+    the extensions' extra outputs, the deprecation warning; :class:`CheckFailure` if wrong."""
+    return _judge_call(ctx, check_id, case, res, gradient=gradient)
 
 
 def _variant_note(ctx: Context, case: Case, ev) -> str | None:
@@ -294,7 +308,7 @@ def _error(eid: str):
     def example(ctx: Context, draw) -> Outcome:
         clause = ctx.spec.errors[eid]
         cid = f"error.{eid}"
-        mutation = strat.MUTATIONS[clause.make]
+        mutation = MUTATIONS[clause.make]
         needs = mutation.needs
         req = _request(ctx, target_kinds=needs.target_kinds or None)
         if needs.ranks:
@@ -562,10 +576,10 @@ def catalogue(spec: Spec) -> list[Check]:
         out.append(Check(f"special.{sid}", "special", f"special_cases.{sid}",
                          (sc.note or "") + f" (make: {', '.join(sc.make)}; expect: {sc.expect})", _special(sid),
                          {k: v["special"] for k, v in P.items()},
-                         features=frozenset(f for m in sc.make for f in strat.MODIFIERS[m].needs.features),
-                         extensions=frozenset(e for m in sc.make for e in strat.MODIFIERS[m].needs.extensions)))
+                         features=frozenset(f for m in sc.make for f in MODIFIERS[m].needs.features),
+                         extensions=frozenset(e for m in sc.make for e in MODIFIERS[m].needs.extensions)))
     for eid, clause in spec.errors.items():
-        mutation = strat.MUTATIONS[clause.make]
+        mutation = MUTATIONS[clause.make]
         out.append(Check(f"error.{eid}", "error", f"errors.{eid}",
                          f"{mutation.doc} {clause.severity} be rejected", _error(eid),
                          {k: v["error"] for k, v in P.items()}, severity=clause.severity,

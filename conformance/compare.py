@@ -206,8 +206,9 @@ class Judge:
         actual_arr = np.asarray(actual)
         want_dtype = expected_dtype or dtype
         if actual_arr.dtype.kind not in "fV" or dtype_name(actual_arr.dtype) != want_dtype:
+            got = dtype_name(actual_arr.dtype) if actual_arr.dtype.kind in "fV" else actual_arr.dtype
             return Verdict(False, what, clause + ".dtype",
-                           f"{what}.dtype={dtype_name(actual_arr.dtype) if actual_arr.dtype.kind in 'fV' else actual_arr.dtype}, "
+                           f"{what}.dtype={got}, "
                            f"but should be {want_dtype}", expected=want_dtype, actual=str(actual_arr.dtype))
         if tuple(actual_arr.shape) != tuple(expected.shape):
             return Verdict(False, what, clause + ".shape",
@@ -216,62 +217,92 @@ class Judge:
         a = as_float64(actual_arr)
         e = expected
         b = np.broadcast_to(np.asarray(bound, dtype=np.float64), e.shape)
-        u = self.tol.dtypes[dtype].u
-        big = max_finite(dtype)
-        tiny = float(ml_dtypes.finfo(np_dtype(dtype)).smallest_normal)
+        allowed = self.allowed(e, b, dtype)
+        ok = elementwise_ok(a, e, allowed, dtype)
+        if unspecified is not None:
+            ok = ok | np.broadcast_to(unspecified, e.shape)
         with np.errstate(all="ignore"):
-            # Results below the normal range may be flushed to zero (XLA on CPU, most GPU
-            # kernels): the smallest normal number is always within reach.
-            allowed = b + u * np.abs(e) + ulp(e, dtype) * 0.5 + tiny
             diff = np.abs(a - e)
             finite_e = np.isfinite(e)
-            # A finite exact value whose neighbourhood reaches past the largest finite
-            # number may come back as inf of the same sign.
-            may_overflow = finite_e & (np.abs(e) + allowed > big)
-            ok_finite = finite_e & np.isfinite(a) & (diff <= allowed)
-            ok_overflow = may_overflow & np.isinf(a) & (np.sign(a) == np.sign(e))
-            ok_nan = np.isnan(e) & np.isnan(a)
-            ok_inf = np.isinf(e) & (a == e)
-            # inf exact that rounds down to the largest finite is never produced: inf only.
-            ok = ok_finite | ok_overflow | ok_nan | ok_inf
-            if unspecified is not None:
-                ok = ok | np.broadcast_to(unspecified, e.shape)
             ulps_each = np.where(finite_e & np.isfinite(a), diff / ulp(e, dtype), np.where(ok, 0.0, np.inf))
             bound_ulps = allowed / ulp(e, dtype)
         v = Verdict(bool(np.all(ok)), what, clause)
         finite_both = finite_e & np.isfinite(a)
         if np.any(finite_both):
-            ratios = (diff / np.maximum(allowed, np.finfo(np.float64).tiny))[finite_both]
+            with np.errstate(all="ignore"):
+                ratios = (diff / np.maximum(allowed, np.finfo(np.float64).tiny))[finite_both]
             v.ratios = _sample(ratios)
             v.ulps = _sample(ulps_each[finite_both])
         if internal is not None and v.ok and np.any(finite_both):
             v.signed = rounding_samples(a, e, np.broadcast_to(np.asarray(internal, dtype=np.float64), e.shape), dtype,
                                         float(self.tol.unbiased["max_internal"]))
-        if e.size:
-            if v.ok:
-                idx = np.unravel_index(int(np.argmax(np.where(finite_both, ulps_each, -1.0))), e.shape) if np.any(finite_both) else None
-            else:
-                idx = tuple(int(i) for i in np.argwhere(~ok)[0])
-            if idx is not None:
-                v.worst_index = tuple(int(i) for i in idx)
-                v.max_error_ulps = float(ulps_each[idx]) if np.isfinite(ulps_each[idx]) else math.inf
-                v.bound_ulps = float(bound_ulps[idx])
-                v.expected = _scalar(e[idx])
-                v.actual = _scalar(a[idx])
+        idx = reported_index(ok, ulps_each, finite_both)
+        if idx is not None:
+            v.worst_index = idx
+            v.max_error_ulps = float(ulps_each[idx]) if np.isfinite(ulps_each[idx]) else math.inf
+            v.bound_ulps = float(bound_ulps[idx])
+            v.expected = _scalar(e[idx])
+            v.actual = _scalar(a[idx])
         if not v.ok:
-            idx = v.worst_index
-            ev_, av_ = float(e[idx]), float(a[idx])
-            n_bad = int(np.count_nonzero(~ok))
-            where = f" at index {list(idx)}" if e.ndim else ""
-            if np.isnan(ev_) or np.isinf(ev_):
-                v.message = f"{what}{where} = {av_!r}, but the spec says {ev_!r} ({n_bad} of {e.size} elements wrong)"
-            elif not np.isfinite(av_):
-                v.message = (f"{what}{where} = {av_!r}, but the exact value {ev_!r} is finite in {dtype} "
-                             f"({n_bad} of {e.size} elements wrong)")
-            else:
-                v.message = (f"{what}{where} = {av_!r}, expected {ev_!r}: error {v.max_error_ulps:.3g} ulp "
-                             f"> bound {v.bound_ulps:.3g} ulp of {dtype} ({n_bad} of {e.size} elements wrong)")
+            v.message = failure_message(v, what, dtype, e.ndim, int(np.count_nonzero(~ok)), e.size)
         return v
+
+
+    def allowed(self, e: np.ndarray, bound: np.ndarray, dtype: str) -> np.ndarray:
+        """Each element's admitted |error|: the derived bound, plus the final rounding to
+        ``dtype`` (``u|e|`` and half an ulp), plus the smallest normal number (results below
+        the normal range may be flushed to zero: XLA on CPU, most GPU kernels)."""
+        u = self.tol.dtypes[dtype].u
+        tiny = float(ml_dtypes.finfo(np_dtype(dtype)).smallest_normal)
+        with np.errstate(all="ignore"):
+            return bound + u * np.abs(e) + ulp(e, dtype) * 0.5 + tiny
+
+
+def elementwise_ok(a: np.ndarray, e: np.ndarray, allowed: np.ndarray, dtype: str) -> np.ndarray:
+    """The verdict rules, element by element (a: actual, e: exact, both float64):
+
+    - finite exact: a finite answer within ``allowed``; or inf of the same sign where the
+      exact value's neighbourhood reaches past the dtype's largest finite number (overflow);
+    - NaN exact: NaN only;
+    - inf exact: the same inf only (rounding down to the largest finite is never produced).
+    """
+    big = max_finite(dtype)
+    with np.errstate(all="ignore"):
+        diff = np.abs(a - e)
+        finite_e = np.isfinite(e)
+        may_overflow = finite_e & (np.abs(e) + allowed > big)
+        ok_finite = finite_e & np.isfinite(a) & (diff <= allowed)
+        ok_overflow = may_overflow & np.isinf(a) & (np.sign(a) == np.sign(e))
+        ok_nan = np.isnan(e) & np.isnan(a)
+        ok_inf = np.isinf(e) & (a == e)
+    return ok_finite | ok_overflow | ok_nan | ok_inf
+
+
+def reported_index(ok: np.ndarray, ulps_each: np.ndarray, finite_both: np.ndarray) -> tuple[int, ...] | None:
+    """The element a verdict reports: the first wrong one (C order) when any is wrong, else the
+    one with the largest error in ulps among those finite in both; None when there is none."""
+    if not ok.size:
+        return None
+    if not np.all(ok):
+        return tuple(int(i) for i in np.argwhere(~ok)[0])
+    if not np.any(finite_both):
+        return None
+    flat = int(np.argmax(np.where(finite_both, ulps_each, -1.0)))
+    return tuple(int(i) for i in np.unravel_index(flat, ok.shape))
+
+
+def failure_message(v: Verdict, what: str, dtype: str, ndim: int, n_bad: int, size: int) -> str:
+    """One line: the reported element's value and what the spec wants there, its error against
+    its bound in ulps of ``dtype`` when both are finite, and how many elements are wrong."""
+    ev_, av_ = float(v.expected), float(v.actual)
+    where = f" at index {list(v.worst_index or ())}" if ndim else ""
+    count = f"({n_bad} of {size} elements wrong)"
+    if np.isnan(ev_) or np.isinf(ev_):
+        return f"{what}{where} = {av_!r}, but the spec says {ev_!r} {count}"
+    if not np.isfinite(av_):
+        return f"{what}{where} = {av_!r}, but the exact value {ev_!r} is finite in {dtype} {count}"
+    return (f"{what}{where} = {av_!r}, expected {ev_!r}: error {v.max_error_ulps:.3g} ulp "
+            f"> bound {v.bound_ulps:.3g} ulp of {dtype} {count}")
 
 
 def rounding_samples(a: np.ndarray, e: np.ndarray, internal: np.ndarray, dtype: str, eta: float,

@@ -26,6 +26,7 @@ from hypothesis.errors import FlakyFailure, FlakyStrategyDefinition, Unsatisfiab
 
 from . import bias, covering
 from . import strategies as strat
+from .mutations import MUTATIONS
 from .checks import Check, CheckFailure, Context, NotSupported, Outcome
 from .gate import OPTION_CLASSES, FailureFilter, option_classes, signature, signature_key
 
@@ -90,7 +91,10 @@ class CheckResult:
 def case_inputs_npz(case) -> bytes:
     """The exact inputs of a case as an .npz (bfloat16 stored as uint16 bits)."""
     arrays = {}
-    for name, a in (("input", case.x), ("target", case.target), ("weight", case.weight), ("upstream", case.upstream)):
+    lin = case.linear or {}
+    named = [("input", case.x), ("target", case.target), ("weight", case.weight), ("upstream", case.upstream)]
+    named += [(f"linear_{k}", lin.get(k)) for k in ("hidden", "classifier", "bias")]  # the linear form's inputs
+    for name, a in named:
         if a is None:
             continue
         a = np.asarray(a).copy()  # C order, whatever the case's memory layout
@@ -154,7 +158,7 @@ def _not_supported(ctx: Context, check: Check) -> str | None:
     if check.kind == "error" and not caps.raises_on_invalid:
         clause = ctx.spec.errors[check.id.split(".", 1)[1]]
         if not any(clause.id in v.replaces_errors and v.id in caps.variants for v in ctx.spec.variants.values()):
-            if strat.MUTATIONS[clause.make].needs.data_validation:
+            if MUTATIONS[clause.make].needs.data_validation:
                 return "the adapter declares that it cannot raise on data values"
     return None
 

@@ -13,7 +13,7 @@ three places only:
   :meth:`LinearSection.output_bound`): the spec's ``linear.tolerance`` terms, evaluated in
   the dtype's units (specs/README.md, "The linear form");
 - the strategies live in conformance/linear_strategies.py, the error mutations and transforms
-  with the others (conformance/strategies.py MUTATIONS, conformance/metamorphic.py TRANSFORMS),
+  with the others (conformance/mutations.py MUTATIONS, conformance/metamorphic.py TRANSFORMS),
   and the composed spec is built by conformance/spec.py (``_build_composed``).
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ a classifier and a bias whose logits land in the drawn regime:
 - confident: one hidden column per position (when H > P) carries the target's margin of 15 to
   40 over the other logits; with fewer columns the targets become each row's largest logit.
 
-Its error mutations live with the others in conformance/strategies.py (MUTATIONS) and its
+Its error mutations live with the others in conformance/mutations.py (MUTATIONS) and its
 metamorphic transforms in conformance/metamorphic.py (TRANSFORMS).
 """
 from __future__ import annotations

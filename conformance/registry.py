@@ -47,8 +47,9 @@ class Entry:
 
 @dataclass(frozen=True)
 class Modifier(Entry):
-    """A special case's shape of input: constraints on the draw (``force``, read by
-    conformance/strategies.py ``cases``) plus ``fn(draw, env)`` applied to the finished arrays."""
+    """A special case's shape of input: constraints on the draw (``force``: fields of
+    conformance/modifiers.py ``Constraints``, which conformance/strategies.py reads) plus
+    ``fn(draw, env)`` applied to the finished arrays."""
 
     force: Mapping[str, Any] = field(default_factory=dict)
 

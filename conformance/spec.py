@@ -819,7 +819,7 @@ def _dtype_tolerance(row: Mapping[str, Any]) -> DtypeTolerance:
 def _check_references(spec: Spec, marks: _Marks) -> None:
     """Names that point into Python registries (strategy modifiers, mutations, transforms)."""
     from . import metamorphic as mm
-    from . import strategies as st
+    from . import modifiers, mutations
 
     def need(name, registry, where, what, home):
         if name not in registry:
@@ -830,11 +830,11 @@ def _check_references(spec: Spec, marks: _Marks) -> None:
 
     for cid, case in spec.special_cases.items():
         for i, m in enumerate(case.make):
-            need(m, st.MODIFIERS, ("special_cases", cid, "make", i), "strategy modifier",
-                 "MODIFIERS in conformance/strategies.py")
+            need(m, modifiers.MODIFIERS, ("special_cases", cid, "make", i), "strategy modifier",
+                 "MODIFIERS in conformance/modifiers.py")
     for eid, clause in spec.errors.items():
-        need(clause.make, st.MUTATIONS, ("errors", eid, "make"), "error mutation",
-             "MUTATIONS in conformance/strategies.py")
+        need(clause.make, mutations.MUTATIONS, ("errors", eid, "make"), "error mutation",
+             "MUTATIONS in conformance/mutations.py")
     for mid, rel in spec.metamorphic.items():
         need(rel.transform, mm.TRANSFORMS, ("metamorphic", mid, "transform"), "metamorphic transform",
              "TRANSFORMS in conformance/metamorphic.py")

@@ -149,7 +149,8 @@ def main() -> int:
                     print(f"  MISSED {s.name} seed {seed}: {st['missed'][-1]}", flush=True)
             print(f"  {s.name} seed {seed} done ({time.monotonic() - t0:.0f} s)", flush=True)
     bad = 0
-    print(f"\nfamily {args.family}, profile {args.profile}, seeds {args.first_seed}..{args.first_seed + args.seeds - 1}")
+    last = args.first_seed + args.seeds - 1
+    print(f"\nfamily {args.family}, profile {args.profile}, seeds {args.first_seed}..{last}")
     for s in subs:
         st = stats[s.name]
         if s.correct:

@@ -31,7 +31,7 @@ def test_every_entry_has_its_name_a_doc_a_function_and_declared_needs(name):
 def test_unknown_name_names_the_registry_and_the_closest_entry():
     with pytest.raises(KeyError) as err:
         strat.MUTATIONS["target_at_least_c"]
-    assert "no error mutation 'target_at_least_c' in MUTATIONS in conformance/strategies.py" in str(err.value)
+    assert "no error mutation 'target_at_least_c' in MUTATIONS in conformance/mutations.py" in str(err.value)
     assert "did you mean 'target_at_least_C'" in str(err.value)
 
 

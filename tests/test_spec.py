@@ -20,7 +20,7 @@ from rich.console import Console
 from conformance import metamorphic as mm
 from conformance import spec as sp
 from conformance.runner import spec_cli as cli
-from conformance import strategies as st
+from conformance import modifiers, mutations
 
 SPECS = sp.default_spec_path().parent
 SHIPPED = sorted(SPECS.glob("*.yaml"))
@@ -44,7 +44,7 @@ def _referenced_names() -> dict[str, set[str]]:
 def registries(monkeypatch):
     """Registries holding every name the shipped specs use, whatever state the modules are in."""
     names = _referenced_names()
-    for module, attr in ((st, "MODIFIERS"), (st, "MUTATIONS"), (mm, "TRANSFORMS")):
+    for module, attr in ((modifiers, "MODIFIERS"), (mutations, "MUTATIONS"), (mm, "TRANSFORMS")):
         merged = dict(getattr(module, attr))
         merged.update({n: merged.get(n) for n in names[attr]})
         monkeypatch.setattr(module, attr, merged)
@@ -346,13 +346,13 @@ def test_unknown_reference_name(capsys, registries, tmp_path, path, typo, what):
 
 
 def test_unknown_reference_against_a_small_registry(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(st, "MODIFIERS", {"all_ignored": None, "empty_batch": None})
-    monkeypatch.setattr(st, "MUTATIONS", {})
+    monkeypatch.setattr(modifiers, "MODIFIERS", {"all_ignored": None, "empty_batch": None})
+    monkeypatch.setattr(mutations, "MUTATIONS", {})
     monkeypatch.setattr(mm, "TRANSFORMS", {})
     f = tmp_path / CE.name
     f.write_text(CE.read_text())
     first_other = next((cid, i) for cid, case in yaml.safe_load(CE.read_text())["special_cases"].items()
-                       for i, m in enumerate(case["make"]) if m not in st.MODIFIERS)
+                       for i, m in enumerate(case["make"]) if m not in modifiers.MODIFIERS)
     _, node = _nodes(CE.read_text(), ("special_cases", first_other[0], "make", first_other[1]))
     assert_reported(capsys, str(f), node.start_mark.line + 1, node.start_mark.column + 1,
                     f"special_cases.{first_other[0]}.make.{first_other[1]}: unknown strategy modifier '{node.value}'",
