@@ -107,7 +107,8 @@ class Judge:
             if acc is not None:
                 per = per + gam * self._finite(acc.evaluate(env))
             if "ext_scale" in env:  # the spec's extensions: their own terms (conformance/oracle.py)
-                per = per + t.k_forward * t.u * self._finite(env["ext_scale"]) + gam * self._finite(env["ext_accumulate"])
+                per = (per + t.k_forward * t.u * self._finite(env["ext_scale"])
+                       + gam * self._finite(env["ext_accumulate"]))
             if self.spec.linear is not None:  # the logits' own error (conformance/linear.py)
                 per = per + self.spec.linear.forward_bound(env, t, self)
             bound = np.abs(np.asarray(formula.evaluate(dict(env, l=per)), dtype=np.float64))
@@ -184,15 +185,19 @@ class Judge:
                         np.asarray(formula.evaluate(dict(env, l=np.abs(term))), dtype=np.float64))
         per = np.where(np.isfinite(per), per, 0.0)
         v = np.asarray(value)
-        return np.asarray(per, dtype=np.float64).reshape(()) if v.ndim == 0 else np.broadcast_to(
-            np.asarray(per, dtype=np.float64).reshape(-1)[:v.size] if np.size(per) >= v.size else per, v.shape).reshape(v.shape)
+        if v.ndim == 0:
+            return np.asarray(per, dtype=np.float64).reshape(())
+        head = np.asarray(per, dtype=np.float64).reshape(-1)[:v.size] if np.size(per) >= v.size else per
+        return np.broadcast_to(head, v.shape).reshape(v.shape)
 
     @staticmethod
     def _shape_like(bound, value, ev):
         if np.asarray(value).ndim == 0:
             return np.asarray(bound, dtype=np.float64).reshape(())
-        return np.asarray(bound, dtype=np.float64).reshape(np.asarray(value).shape) if np.size(bound) == np.size(value) \
-            else np.broadcast_to(bound, np.asarray(value).shape)
+        shape = np.asarray(value).shape
+        if np.size(bound) == np.size(value):
+            return np.asarray(bound, dtype=np.float64).reshape(shape)
+        return np.broadcast_to(bound, shape)
 
     # ------------------------------------------------------------------ comparison
     def compare(self, actual, expected: np.ndarray, bound: np.ndarray, dtype: str, *, what: str, clause: str,
@@ -206,9 +211,9 @@ class Judge:
         actual_arr = np.asarray(actual)
         want_dtype = expected_dtype or dtype
         if actual_arr.dtype.kind not in "fV" or dtype_name(actual_arr.dtype) != want_dtype:
-            return Verdict(False, what, clause + ".dtype",
-                           f"{what}.dtype={dtype_name(actual_arr.dtype) if actual_arr.dtype.kind in 'fV' else actual_arr.dtype}, "
-                           f"but should be {want_dtype}", expected=want_dtype, actual=str(actual_arr.dtype))
+            got = dtype_name(actual_arr.dtype) if actual_arr.dtype.kind in "fV" else actual_arr.dtype
+            return Verdict(False, what, clause + ".dtype", f"{what}.dtype={got}, but should be {want_dtype}",
+                           expected=want_dtype, actual=str(actual_arr.dtype))
         if tuple(actual_arr.shape) != tuple(expected.shape):
             return Verdict(False, what, clause + ".shape",
                            f"{what}.shape={tuple(actual_arr.shape)}, but should be {tuple(expected.shape)}",
@@ -244,22 +249,26 @@ class Judge:
             ratios = (diff / np.maximum(allowed, np.finfo(np.float64).tiny))[finite_both]
             v.ratios = _sample(ratios)
             v.ulps = _sample(ulps_each[finite_both])
-        if internal is not None and v.ok and np.any(finite_both):
+        rule = self.tol.unbiased
+        if internal is not None and rule is not None and v.ok and np.any(finite_both):
             v.signed = rounding_samples(a, e, np.broadcast_to(np.asarray(internal, dtype=np.float64), e.shape), dtype,
-                                        float(self.tol.unbiased["max_internal"]))
+                                        float(rule["max_internal"]))
         if e.size:
-            if v.ok:
-                idx = np.unravel_index(int(np.argmax(np.where(finite_both, ulps_each, -1.0))), e.shape) if np.any(finite_both) else None
-            else:
+            idx: tuple[int, ...] | None = None
+            if not v.ok:
                 idx = tuple(int(i) for i in np.argwhere(~ok)[0])
+            elif np.any(finite_both):
+                worst = int(np.argmax(np.where(finite_both, ulps_each, -1.0)))
+                idx = tuple(int(i) for i in np.unravel_index(worst, e.shape))
             if idx is not None:
-                v.worst_index = tuple(int(i) for i in idx)
+                v.worst_index = idx
                 v.max_error_ulps = float(ulps_each[idx]) if np.isfinite(ulps_each[idx]) else math.inf
                 v.bound_ulps = float(bound_ulps[idx])
                 v.expected = _scalar(e[idx])
                 v.actual = _scalar(a[idx])
         if not v.ok:
             idx = v.worst_index
+            assert idx is not None  # a failure has a wrong element, whose index was kept above
             ev_, av_ = float(e[idx]), float(a[idx])
             n_bad = int(np.count_nonzero(~ok))
             where = f" at index {list(idx)}" if e.ndim else ""

@@ -127,7 +127,8 @@ def run_check(ctx: Context, check: Check, *, seed: int | None = None, derandomiz
     search.run(res)
     res.duration_s = round(time.perf_counter() - t0, 3)
     _summarise(res, search.outcomes)
-    bias.apply(res, search.outcomes, ctx.spec, case_inputs_npz)  # one-sided rounding within bounds (tolerances.unbiased)
+    # one-sided rounding within bounds (tolerances.unbiased)
+    bias.apply(res, search.outcomes, ctx.spec, case_inputs_npz)
     res.examples = search.tried
     res.first_failure = search.first_failure
     res.tway = search.tway()
