@@ -28,6 +28,7 @@ from . import bias, covering
 from . import strategies as strat
 from .checks import Check, CheckFailure, Context, NotSupported, Outcome
 from .gate import OPTION_CLASSES, FailureFilter, option_classes, signature, signature_key
+from .status import Status
 
 
 @dataclass
@@ -37,7 +38,7 @@ class CheckResult:
     kind: str
     clause: str
     description: str
-    status: str
+    status: Status
     severity: str = "MUST"
     examples: int = 0
     duration_s: float = 0.0
@@ -63,6 +64,9 @@ class CheckResult:
     first_failure: dict[str, Any] | None = None
     #: Inputs of the failing case (npz bytes), written next to results.json by the runner.
     failure_inputs: bytes | None = field(default=None, repr=False)
+    #: The status in the ``--baseline`` run when that excused a suite error (the runner's
+    #: ``apply_baseline``); written only when set.
+    baseline: str | None = None
 
     @property
     def id(self) -> str:
@@ -71,7 +75,10 @@ class CheckResult:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("failure_inputs")
+        baseline = d.pop("baseline")
         d["id"] = self.id
+        if baseline is not None:
+            d["baseline"] = baseline
         return d
 
     @classmethod
