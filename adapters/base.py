@@ -70,11 +70,11 @@ class Capabilities:
             wanted.add("gradient")
         if case.positions == 0:
             wanted.add("empty")
-        linear = getattr(case, "linear", None) is not None
-        if linear != (LINEAR in self.features):
-            return ("the linear form (hidden states and a classifier)" if linear
+        lin = getattr(case, "linear", None)
+        if (lin is not None) != (LINEAR in self.features):
+            return ("the linear form (hidden states and a classifier)" if lin is not None
                     else "the logits form (this adapter takes hidden states and a classifier)")
-        if linear and case.linear.get("bias") is not None:
+        if lin is not None and lin.get("bias") is not None:
             wanted.add("linear_bias")
         missing = sorted(wanted - set(self.features))
         if missing:

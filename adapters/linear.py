@@ -66,5 +66,5 @@ def linear_cross_entropy(hidden, classifier, target, bias=None, *, weight=None, 
 def torch_linear() -> LlmTorchAdapter:
     """Built-in ``torch-linear``: the reference composition on the CPU."""
     a = LlmTorchAdapter(linear_cross_entropy, "torch-linear", FORM)
-    a.known_files, a.config_file = [], None   # as resolve() gives built-ins (known/torch.yaml matches torch-*)
+    a.known_files, a.config_file = (), None   # as resolve() gives built-ins (known/torch.yaml matches torch-*)
     return a

@@ -54,7 +54,7 @@ class CallForm:
         if "loss" not in self.returns:
             raise ValueError("returns must say where the loss is ('loss': null for a plain tensor)")
 
-    def capabilities(self, base: Capabilities = Capabilities()) -> Capabilities:
+    def capabilities(self, base: Capabilities = Capabilities()) -> Capabilities:  # noqa: B008 (frozen: sharing is safe)
         opts = set(self.options)
         drop = {f for f, o in (("weight", "weight"), ("ignore_index", "ignore_index"),
                                ("label_smoothing", "label_smoothing")) if o not in opts}

@@ -263,7 +263,8 @@ def _legacy_warnings(case: Case) -> list[str]:
     kw = case.legacy or {}
     if kw.get("size_average") is None and kw.get("reduce") is None:
         return []
-    return ["UserWarning: " + legacy_warning(effective_reduction(case.reduction, kw.get("size_average"), kw.get("reduce")))]
+    effective = effective_reduction(case.reduction, kw.get("size_average"), kw.get("reduce"))
+    return ["UserWarning: " + legacy_warning(effective)]
 
 
 class NumpyAdapter(Adapter):

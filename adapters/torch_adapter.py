@@ -116,7 +116,7 @@ def _nll_loss(lp, target, **kwargs):
     return F.nll_loss(lp, target, **kwargs)
 
 
-TORCH_EXTRAS = {"log_softmax": _log_softmax, "nll_loss": _nll_loss}
+TORCH_EXTRAS: dict[str, Callable[..., Any]] = {"log_softmax": _log_softmax, "nll_loss": _nll_loss}
 
 
 class TorchFunctionAdapter(Adapter):
@@ -130,7 +130,8 @@ class TorchFunctionAdapter(Adapter):
     isolate_kinds: tuple[str, ...] = ()
 
     def __init__(self, fn: Callable, name: str, device: str = "cpu",
-                 capabilities: Capabilities = Capabilities(), extras: dict[str, Callable] | None = None):
+                 capabilities: Capabilities = Capabilities(),  # noqa: B008 (frozen: sharing is safe)
+                 extras: dict[str, Callable] | None = None):
         self.fn, self.name, self.device = fn, name, device
         self.extras = dict(extras or {})
         self.capabilities = replace(capabilities, extras=capabilities.extras | frozenset(self.extras)

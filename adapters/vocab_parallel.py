@@ -300,6 +300,7 @@ class VocabParallelAdapter(Adapter):
     declares that the library needs V to be a multiple of the world size."""
 
     framework = "torch.distributed"
+    capabilities: VocabParallelCapabilities
 
     def __init__(self, fn: Callable, name: str, *, world_size: int = 2, device: str = "cpu",
                  backend: str | None = None, timeout: float = 60.0, even_shards: bool = False,

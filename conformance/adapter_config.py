@@ -50,7 +50,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.:+@-]+$")
 class AdapterConfigError(AdapterError):
     """A config file that cannot be used; the message names file:line and the fix."""
 
-    def __init__(self, file: str, line: int | None, message: str, fix: str = ""):
+    def __init__(self, file: str, line: int | None, message: str, fix: str | None = ""):
         super().__init__(message, file, line, None, fix)
 
 
@@ -323,7 +323,8 @@ def adapter_from_config(path: str | Path, resolve: Callable[[str], Adapter]) -> 
         changes["max_classes"] = cfg["max_classes"]
     a.capabilities = replace(caps, **changes)
     if "world_size" in cfg:
-        if not hasattr(type(a), "world_size"):
+        # declared by the class (VocabParallelAdapter's property); hasattr(a, ...) lets mypy see it
+        if not hasattr(type(a), "world_size") or not hasattr(a, "world_size"):
             raise AdapterConfigError(str(path), cfg["world_size_line"], f"'world_size' is for distributed adapters, "
                                      f"and {cfg['import']} is not one", "remove the key, or import a "
                                      "conformance.adapters.vocab_parallel adapter")

@@ -103,7 +103,7 @@ def apply(res, outcomes, spec, inputs_npz) -> None:
     module does not import the engine) stores the example's inputs."""
     if res.status not in ("passed", "variant", "known"):
         return
-    skip = frozenset()
+    skip: frozenset[str | None] = frozenset()
     if res.status == "known":
         skip = frozenset((f.get("signature") or {}).get("dtype") for f in (res.failures or []) if f.get("accepted_by"))
         if not skip or None in skip:

@@ -174,7 +174,8 @@ class Case:
         def arr(a):
             if a is None:
                 return None
-            out = {"shape": list(a.shape), "dtype": dtype_name(a.dtype) if a.dtype.kind == "f" or a.dtype.kind == "V" else str(a.dtype)}
+            out = {"shape": list(a.shape),
+                   "dtype": dtype_name(a.dtype) if a.dtype.kind == "f" or a.dtype.kind == "V" else str(a.dtype)}
             if a.size <= small:
                 vals = as_float64(a).tolist() if a.dtype.kind in "fV" else np.asarray(a).tolist()
                 out["values"] = _jsonable(vals)
@@ -213,7 +214,8 @@ class Case:
             "dtype": self.dtype,
             "rank": str(self.rank),
             "target": self.target_kind,
-            "weight": "none" if self.weight is None else ("with_zeros" if np.any(as_float64(self.weight) == 0) else "positive"),
+            "weight": ("none" if self.weight is None else
+                       "with_zeros" if np.any(as_float64(self.weight) == 0) else "positive"),
             "ignore_index": ("default" if self.ignore_index == -100 else
                              "inside" if 0 <= self.ignore_index < self.num_classes else "outside"),
             "label_smoothing": "0" if self.label_smoothing == 0 else ("1" if self.label_smoothing == 1 else "(0,1)"),

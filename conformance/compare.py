@@ -107,7 +107,8 @@ class Judge:
             if acc is not None:
                 per = per + gam * self._finite(acc.evaluate(env))
             if "ext_scale" in env:  # the spec's extensions: their own terms (conformance/oracle.py)
-                per = per + t.k_forward * t.u * self._finite(env["ext_scale"]) + gam * self._finite(env["ext_accumulate"])
+                per = (per + t.k_forward * t.u * self._finite(env["ext_scale"])
+                       + gam * self._finite(env["ext_accumulate"]))
             if self.spec.linear is not None:  # the logits' own error (conformance/linear.py)
                 per = per + self.spec.linear.forward_bound(env, t, self)
             bound = np.abs(np.asarray(formula.evaluate(dict(env, l=per)), dtype=np.float64))
@@ -184,15 +185,19 @@ class Judge:
                         np.asarray(formula.evaluate(dict(env, l=np.abs(term))), dtype=np.float64))
         per = np.where(np.isfinite(per), per, 0.0)
         v = np.asarray(value)
-        return np.asarray(per, dtype=np.float64).reshape(()) if v.ndim == 0 else np.broadcast_to(
-            np.asarray(per, dtype=np.float64).reshape(-1)[:v.size] if np.size(per) >= v.size else per, v.shape).reshape(v.shape)
+        if v.ndim == 0:
+            return np.asarray(per, dtype=np.float64).reshape(())
+        head = np.asarray(per, dtype=np.float64).reshape(-1)[:v.size] if np.size(per) >= v.size else per
+        return np.broadcast_to(head, v.shape).reshape(v.shape)
 
     @staticmethod
     def _shape_like(bound, value, ev):
         if np.asarray(value).ndim == 0:
             return np.asarray(bound, dtype=np.float64).reshape(())
-        return np.asarray(bound, dtype=np.float64).reshape(np.asarray(value).shape) if np.size(bound) == np.size(value) \
-            else np.broadcast_to(bound, np.asarray(value).shape)
+        shape = np.asarray(value).shape
+        if np.size(bound) == np.size(value):
+            return np.asarray(bound, dtype=np.float64).reshape(shape)
+        return np.broadcast_to(bound, shape)
 
     # ------------------------------------------------------------------ comparison
     def compare(self, actual, expected: np.ndarray, bound: np.ndarray, dtype: str, *, what: str, clause: str,
@@ -207,9 +212,8 @@ class Judge:
         want_dtype = expected_dtype or dtype
         if actual_arr.dtype.kind not in "fV" or dtype_name(actual_arr.dtype) != want_dtype:
             got = dtype_name(actual_arr.dtype) if actual_arr.dtype.kind in "fV" else actual_arr.dtype
-            return Verdict(False, what, clause + ".dtype",
-                           f"{what}.dtype={got}, "
-                           f"but should be {want_dtype}", expected=want_dtype, actual=str(actual_arr.dtype))
+            return Verdict(False, what, clause + ".dtype", f"{what}.dtype={got}, but should be {want_dtype}",
+                           expected=want_dtype, actual=str(actual_arr.dtype))
         if tuple(actual_arr.shape) != tuple(expected.shape):
             return Verdict(False, what, clause + ".shape",
                            f"{what}.shape={tuple(actual_arr.shape)}, but should be {tuple(expected.shape)}",
@@ -233,9 +237,10 @@ class Judge:
                 ratios = (diff / np.maximum(allowed, np.finfo(np.float64).tiny))[finite_both]
             v.ratios = _sample(ratios)
             v.ulps = _sample(ulps_each[finite_both])
-        if internal is not None and v.ok and np.any(finite_both):
+        rule = self.tol.unbiased
+        if internal is not None and rule is not None and v.ok and np.any(finite_both):
             v.signed = rounding_samples(a, e, np.broadcast_to(np.asarray(internal, dtype=np.float64), e.shape), dtype,
-                                        float(self.tol.unbiased["max_internal"]))
+                                        float(rule["max_internal"]))
         idx = reported_index(ok, ulps_each, finite_both)
         if idx is not None:
             v.worst_index = idx

@@ -26,9 +26,10 @@ from hypothesis.errors import FlakyFailure, FlakyStrategyDefinition, Unsatisfiab
 
 from . import bias, covering
 from . import strategies as strat
-from .mutations import MUTATIONS
 from .checks import Check, CheckFailure, Context, NotSupported, Outcome
 from .gate import OPTION_CLASSES, FailureFilter, option_classes, signature, signature_key
+from .mutations import MUTATIONS
+from .status import Status
 
 
 @dataclass
@@ -38,7 +39,7 @@ class CheckResult:
     kind: str
     clause: str
     description: str
-    status: str
+    status: Status
     severity: str = "MUST"
     examples: int = 0
     duration_s: float = 0.0
@@ -64,6 +65,9 @@ class CheckResult:
     first_failure: dict[str, Any] | None = None
     #: Inputs of the failing case (npz bytes), written next to results.json by the runner.
     failure_inputs: bytes | None = field(default=None, repr=False)
+    #: The status in the ``--baseline`` run when that excused a suite error (the runner's
+    #: ``apply_baseline``); written only when set.
+    baseline: str | None = None
 
     @property
     def id(self) -> str:
@@ -72,7 +76,10 @@ class CheckResult:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("failure_inputs")
+        baseline = d.pop("baseline")
         d["id"] = self.id
+        if baseline is not None:
+            d["baseline"] = baseline
         return d
 
     @classmethod
@@ -131,7 +138,8 @@ def run_check(ctx: Context, check: Check, *, seed: int | None = None, derandomiz
     search.run(res)
     res.duration_s = round(time.perf_counter() - t0, 3)
     _summarise(res, search.outcomes)
-    bias.apply(res, search.outcomes, ctx.spec, case_inputs_npz)  # one-sided rounding within bounds (tolerances.unbiased)
+    # one-sided rounding within bounds (tolerances.unbiased)
+    bias.apply(res, search.outcomes, ctx.spec, case_inputs_npz)
     res.examples = search.tried
     res.first_failure = search.first_failure
     res.tway = search.tway()

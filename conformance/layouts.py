@@ -104,7 +104,8 @@ def arrays(case) -> dict[str, np.ndarray]:
     if lay != "contiguous":
         C, ax = case.num_classes, case.class_axis
         out["input"] = view(x, lay, role="input", class_axis=ax, C=C)
-        out["target"] = view(t, lay, role="input" if case.target_kind == "probability" else "target", class_axis=ax, C=C)
+        out["target"] = view(t, lay, role="input" if case.target_kind == "probability" else "target",
+                             class_axis=ax, C=C)
         w = view(w, lay, role="weight", C=C)
     if w is not None:
         out["weight"] = w

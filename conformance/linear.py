@@ -62,12 +62,15 @@ class LinearSection:
 
     def chain(self, case: Case, grads: dict, unspec: dict, genvs: dict) -> tuple[dict, dict, dict]:
         """Gradients w.r.t. hidden, classifier and bias from G = d output / d logits."""
+        lin = case.linear
+        if lin is None:
+            raise ValueError("a linear_cross_entropy case needs hidden and classifier (case.linear)")
         G = np.asarray(grads.pop("input"), dtype=np.float64).reshape(genvs["input"]["x"].shape)
         unspec.pop("input", None)
         genv = dict(genvs["input"], G=G)
         out, masks = {}, {}
         for wrt in WRTS:
-            if wrt == "bias" and case.linear.get("bias") is None:
+            if wrt == "bias" and lin.get("bias") is None:
                 continue
             out[wrt] = np.asarray(self.gradients[wrt].evaluate(genv), dtype=np.float64)
             masks[wrt] = np.zeros(out[wrt].shape, dtype=bool)

@@ -83,6 +83,9 @@ def run(fn=None, *, dtype: str = "bfloat16", rows: int = 8192, classes: int = 12
         sync()
         impl_ms = (time.perf_counter() - t0) * 1e3
         impl_extra = ((torch.cuda.max_memory_allocated() - base) if cuda else 0) / 1e9
+    if xr.grad is None:
+        raise RuntimeError(f"{getattr(fn, '__name__', fn)!s} gave no gradient for its input "
+                           "(backward did not reach it)")
     grad = xr.grad.detach()
     loss_v = float(loss.detach().float())
 

@@ -121,7 +121,7 @@ def _one_hot(case: Case, draw):
     C = case.num_classes
     if np.any((t < 0) | (t >= C)) or np.any(t == case.ignore_index):
         return None
-    y = np.zeros((t.size, C))  # no (C, C) identity: C reaches 131072
+    y: np.ndarray = np.zeros((t.size, C))  # no (C, C) identity: C reaches 131072
     y[np.arange(t.size), t] = 1.0
     y = y.reshape(case.none_shape + (C,))
     y = np.moveaxis(y, -1, case.class_axis) if case.rank > 1 else y.reshape(C)
@@ -131,7 +131,8 @@ def _one_hot(case: Case, draw):
 
 def _negate(case: Case, draw):
     # another call of the same shape whose gradient differs (negation is exact in every dtype)
-    return case.copy(x=(-as_float64(case.x)).astype(case.x.dtype), purpose="logits negated (a second call of the same shape)"), _same
+    return case.copy(x=(-as_float64(case.x)).astype(case.x.dtype),
+                     purpose="logits negated (a second call of the same shape)"), _same
 
 
 def _decompose(case: Case, draw):

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from .case import Case
-from .spec import Spec
+from .formula import Formula
+from .spec import Extension, Spec
 
 
 @dataclass
@@ -59,7 +60,8 @@ class Oracle:
             raise ValueError(f"extensions ({', '.join(case.extensions)}) apply to class-index targets only")
         env["g"] = (case.upstream_canonical(red) if pname != "elementwise" else np.ones_like(env["x"])
                     if case.upstream is None or np.shape(case.upstream) != case.x.shape
-                    else np.moveaxis(np.asarray(case.upstream).astype(np.float64), case.class_axis, -1).reshape(env["x"].shape))
+                    else np.moveaxis(np.asarray(case.upstream).astype(np.float64), case.class_axis, -1)
+                    .reshape(env["x"].shape))
         with np.errstate(all="ignore"):
             env["x_raw"] = env["x"]
             env["dlogits"] = np.ones_like(env["x"])
@@ -83,7 +85,7 @@ class Oracle:
                     outputs[e.output or e.id] = (np.asarray(e.formulas["value"].evaluate(env), dtype=np.float64), e)
             raw = np.asarray(formula.evaluate(env), dtype=np.float64)
             env["ext_scale"], env["ext_accumulate"] = self._ext_terms(exts, env, ("scale", "accumulate"), "loss")
-            shaped = {}
+            shaped: dict[str, tuple[np.ndarray, Extension, Formula | None]] = {}
             for name, (term, e) in outputs.items():
                 if e.stage == "loss":   # reduced like the loss
                     val = np.asarray(formula.evaluate(dict(env, l=term)), dtype=np.float64)

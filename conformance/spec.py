@@ -48,7 +48,7 @@ MAX_INT = 2 ** 53
 class SpecError(UserError):
     """A spec file that cannot be used; the message is ready for a user."""
 
-    def __init__(self, file: str, line: int | None, col: int | None, message: str, fix: str = ""):
+    def __init__(self, file: str, line: int | None, col: int | None, message: str, fix: str | None = ""):
         super().__init__(message, file, line, col, fix)
 
 
@@ -332,8 +332,8 @@ def _schema_error(err: jsonschema.ValidationError, file: str, marks: _Marks, raw
             inner = _schema_error(jsonschema.exceptions.best_match(same_type), file, marks, raw)
             alts = " or ".join(_EXPECTED.get(c.validator_value, str(c.validator_value))
                                for c in err.context if c.validator == "type")
-            return SpecError(inner.file, inner.line, inner.col, inner.message,
-                             inner.fix + (f" (or give {alts})" if alts else ""))
+            return SpecError(inner.file or file, inner.line, inner.col, inner.message,
+                             (inner.fix or "") + (f" (or give {alts})" if alts else ""))
         expected = " or ".join(_EXPECTED.get(c.validator_value, str(c.validator_value)) for c in err.context)
         line, col = marks.at(path)
         return SpecError(file, line, col, f"{where}: expected {expected}, got {_kind(err.instance)}",
@@ -362,7 +362,7 @@ def _schema_error(err: jsonschema.ValidationError, file: str, marks: _Marks, raw
     line, col = marks.at(path)
     if err.validator == "type":
         want = err.validator_value
-        expected = " or ".join(_EXPECTED.get(w, w) for w in (want if isinstance(want, list) else [want]))
+        expected = " or ".join(_EXPECTED.get(w, str(w)) for w in (want if isinstance(want, list) else [want]))
         node = marks.node(path)
         literal = node.value if isinstance(node, yaml.ScalarNode) else err.instance
         if want == "string" and isinstance(err.instance, (int, float, bool)):
@@ -726,12 +726,12 @@ def _build(raw: dict, text: str, file: str) -> Spec:
     if missing:
         raise _Fault(("tolerances", "dtypes"), f"no tolerance for {', '.join(missing)}, which domains.dtypes lists",
                      f"add a row for {missing[0]} (u, k_forward, k_reduce, k_gradient)", key=True)
+    optional = {key: parse(tol[key], known=frozenset(all_known), where=f"tolerances.{key}")
+                for key in ("gscale_target", "accumulate", "gaccumulate", "gaccumulate_target") if key in tol}
     tolerances = Tolerances(parse(tol["scale"], known=frozenset(all_known), where="tolerances.scale"),
                             parse(tol["gscale"], known=frozenset(all_known), where="tolerances.gscale"),
                             {d: _dtype_tolerance(v) for d, v in tol["dtypes"].items()},
-                            *(parse(tol[key], known=frozenset(all_known), where=f"tolerances.{key}") if key in tol else None
-                              for key in ("gscale_target", "accumulate", "gaccumulate", "gaccumulate_target")),
-                            dict(tol["unbiased"]) if tol.get("unbiased") else None)
+                            unbiased=dict(tol["unbiased"]) if tol.get("unbiased") else None, **optional)
 
     special = {k: SpecialCase(k, tuple(v["make"]), v.get("path"), dict(v["expect"]), v.get("note", ""))
                for k, v in (raw.get("special_cases") or {}).items()}
@@ -745,13 +745,13 @@ def _build(raw: dict, text: str, file: str) -> Spec:
                            v.get("expect")) for k, v in (raw.get("variants") or {}).items()}
     for vid, var in variants.items():
         for dotted, source in var.overrides.items():
-            where = ("variants", vid, "overrides", dotted)
+            at = ("variants", vid, "overrides", dotted)
             try:
                 _, _, known = _override_target(paths, dotted)
             except _Unresolved as exc:
-                raise _Fault(where, exc.message, (f"it must be one of: {', '.join(_override_names(raw))}"),
+                raise _Fault(at, exc.message, (f"it must be one of: {', '.join(_override_names(raw))}"),
                              key=True) from None
-            _parse(source, known, where)
+            _parse(source, known, at)
         for i, e in enumerate(var.replaces_errors):
             if e not in errors:
                 raise _Fault(("variants", vid, "replaces_errors", i), f"unknown error clause '{e}'",
@@ -785,10 +785,10 @@ def _extensions(raw: Mapping[str, Any], paths: Mapping[str, TargetPath]) -> dict
     if "index" not in paths:
         raise _Fault(("extensions",), "extensions need an index path", "add paths.index or remove extensions:")
     idx = paths["index"]
-    known = set(PATH_INPUTS["index"]) | set(idx.bindings) | set(EXTENSION_ORDER) | {"dl", "dlogits"}
+    names = set(PATH_INPUTS["index"]) | set(idx.bindings) | set(EXTENSION_ORDER) | {"dl", "dlogits"}
     for g in idx.gradients.values():
-        known |= set(g.bindings)
-    known = frozenset(known)
+        names |= set(g.bindings)
+    known = frozenset(names)
     out: dict[str, Extension] = {}
     for eid in [e for e in EXTENSION_ORDER if e in raw]:
         e = raw[eid]
@@ -797,7 +797,8 @@ def _extensions(raw: Mapping[str, Any], paths: Mapping[str, TargetPath]) -> dict
         need = {"logits": ("logits", "dlogits"), "loss": ("loss", "dloss"), "output": ("value",)}.get(e["stage"], ())
         for k in need:
             if k not in forms:
-                raise _Fault(base, f"a '{e['stage']}' extension needs a '{k}' formula", f"add '{k}:' to extensions.{eid}")
+                raise _Fault(base, f"a '{e['stage']}' extension needs a '{k}' formula",
+                             f"add '{k}:' to extensions.{eid}")
         if e["stage"] == "target" and "transform" not in e:
             raise _Fault(base, "a 'target' extension needs a 'transform'", "add 'transform: shift_labels'")
         out[eid] = Extension(
@@ -896,7 +897,8 @@ def _build_composed(raw: dict, text: str, file: str):
     forward = _parse(tol["forward"], known, ("linear", "tolerance", "forward"))
     sensitivity = _parse(tol["sensitivity"], known, ("linear", "tolerance", "sensitivity"))
     tgrads = {w: _parse(tol["gradients"][w], known | {"dG"}, ("linear", "tolerance", "gradients", w)) for w in WRTS}
-    outputs = {k: _parse(v, known, ("linear", "tolerance", "outputs", k)) for k, v in (tol.get("outputs") or {}).items()}
+    outputs = {k: _parse(v, known, ("linear", "tolerance", "outputs", k))
+               for k, v in (tol.get("outputs") or {}).items()}
     section = LinearSection(logits, gradients, bindings, forward, sensitivity, tgrads, outputs, dict(lin["domain"]))
     merged = {**base.raw, **raw, "domains": domains, "paths": {"index": base.raw["paths"]["index"]},
               "tolerances": base.raw["tolerances"], "variants": base.raw.get("variants") or {},

@@ -6,22 +6,24 @@ import json
 import pytest
 
 from conformance.runner.pytest_plugin import run_item
+from conformance.runner.results import record
 
 
 def test_conformance(ce_item, request, record_property):
     adapter, check = ce_item
     result = run_item(request.config, adapter, check)
-    record_property("ce_result", json.dumps(result))
-    status = result["status"]
+    # to the controlling process (an xdist worker's properties travel with its report)
+    record_property("ce_result", json.dumps(record(result)))
+    status = result.status
     if status in ("not_supported", "skipped"):
-        pytest.skip(f"{status.replace('_', ' ')}: {result['message']}")
+        pytest.skip(f"{status.replace('_', ' ')}: {result.message}")
     if status == "known":
-        pytest.xfail(f"known divergence: {result['known']['reason']}")
+        pytest.xfail(f"known divergence: {(result.known or {}).get('reason', '')}")
     if status == "permissive":
-        pytest.xfail(f"permissive (a SHOULD clause not enforced; --strict fails it): {result['message']}")
+        pytest.xfail(f"permissive (a SHOULD clause not enforced; --strict fails it): {result.message}")
     if status in ("failed", "error", "flaky"):
-        f = result.get("failure") or {}
-        lines = [result["message"]]
+        f = result.failure or {}
+        lines = [result.message]
         if f.get("counterexample"):
             lines.append("counterexample: " + json.dumps(f["counterexample"])[:2000])
         lines += f.get("reproduce") or []

@@ -130,9 +130,10 @@ def main() -> int:
             for check in s.checks:
                 # torch's known divergences are applied per example inside the search (conformance/gate.py)
                 gate = FailureFilter(known=s.known) if s.known else None
-                d = run_check(s.ctx, check, seed=seed, gate=gate).to_json()
+                res = run_check(s.ctx, check, seed=seed, gate=gate)
                 if s.known and s.name == "torch-cpu":
-                    apply_known(d, s.known, strict=False)
+                    res = apply_known(res, s.known, strict=False)
+                d = res.to_json()
                 st["runs"] += 1
                 st["known"] += d["status"] == "known"
                 statuses.append((check.id, d["status"], d["message"]))

@@ -49,7 +49,7 @@ def bench_runs(profiles: list[str], adapters: list[str], seed: int) -> list[dict
 
     spec = load_default()
     extra = {op: load_default(op) for op in ("log_softmax", "nll_loss")}
-    out = []
+    out: list[dict[str, Any]] = []
     for profile in profiles:
         for name in adapters:
             adapter = resolve(name)

@@ -18,17 +18,20 @@ the run (created in ``pytest_configure`` unless this is an xdist worker, dropped
 """
 from __future__ import annotations
 
-import base64
 import json
 import os
 import types
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from .options import SHARED, add_to_pytest, plugin_dest
 from .session import RunSession, RunSetup, build_setup
+
+if TYPE_CHECKING:  # the engine is imported when an item runs: the plugin stays light until then
+    from ..engine import CheckResult
 
 SESSION_KEY = pytest.StashKey[RunSession]()
 SETUP_KEY = pytest.StashKey[RunSetup]()
@@ -68,14 +71,15 @@ class _Recorder:
         run = _session(self.config)
         if run is None or report.when != "call":
             return
+        from ..engine import CheckResult
         from .results import append_partial
 
         for key, value in getattr(report, "user_properties", []):
-            if key == "ce_result":
-                d = json.loads(value)
-                run.results.append(d)
-                append_partial(run.out, d)
-                _progress(run, d)
+            if key == "ce_result":  # results.record() of the item's result (suite.py), maybe from a worker
+                res = CheckResult.from_json(json.loads(value))
+                run.results.append(res)
+                append_partial(run.out, res)
+                _progress(run, res)
 
 
 _RECORDER = "ce-conformance-recorder"
@@ -129,8 +133,9 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("ce_item", params, ids=ids)
 
 
-def run_item(config, adapter_name: str, check_id: str):
-    """Run one item and return its result dict (used by suite.py)."""
+def run_item(config, adapter_name: str, check_id: str) -> CheckResult:
+    """Run one item and return its result, the run's known divergences and baseline applied
+    (used by suite.py)."""
     from ..checks import Context
     from ..engine import CheckResult
     from .isolation import run_check
@@ -156,12 +161,8 @@ def run_item(config, adapter_name: str, check_id: str):
             res = run_check(ctx, check, gate=setup.gate, **kw)
         else:
             res = _run_in_worker(opts, setup, adapter_name, adapter.source, check, **kw)
-    d = res.to_json()
-    if res.failure_inputs:
-        d["failure_inputs_b64"] = base64.b64encode(res.failure_inputs).decode()
-    apply_known(d, setup.known, strict=opts.strict)
-    apply_baseline(d, setup.baseline)
-    return d
+    res = apply_known(res, setup.known, strict=opts.strict)
+    return apply_baseline(res, setup.baseline)
 
 
 def _run_in_worker(opts, setup: RunSetup, name: str, source: str, check, *, database, **kw):
@@ -186,7 +187,7 @@ _MARKS = {"passed": "[green]PASS", "failed": "[red]FAIL", "known": "[yellow]KNOW
           "permissive": "[yellow]PERMISSIVE", "flaky": "[red]FLAKY"}
 
 
-def _progress(run: RunSession, d) -> None:
+def _progress(run: RunSession, r: CheckResult) -> None:
     con = run.console
     if con is None:
         return
@@ -200,9 +201,9 @@ def _progress(run: RunSession, d) -> None:
     if isinstance(total, int) and n and n < total:
         left = (time.monotonic() - run.t0) / n * (total - n)  # the mean so far, for the items left
         eta = f", about {int(left) // 60}m{int(left) % 60:02d}s left"
-    con.print(f"[{n}/{total}] {_MARKS.get(d['status'], d['status'])}[/] {escape(d['adapter'])} "
-              f"{escape(d['check'])} [dim]({d['examples']} examples, {d['duration_s']:.1f}s{eta})[/]"
-              + (f"\n      {escape(d['message'][:300])}" if d["status"] in ("failed", "error", "flaky") else ""),
+    con.print(f"[{n}/{total}] {_MARKS.get(r.status, r.status)}[/] {escape(r.adapter)} "
+              f"{escape(r.check)} [dim]({r.examples} examples, {r.duration_s:.1f}s{eta})[/]"
+              + (f"\n      {escape(r.message[:300])}" if r.status in ("failed", "error", "flaky") else ""),
               highlight=False)
 
 

@@ -164,7 +164,7 @@ def _context(header: dict[str, Any], merged: dict[str, dict[str, Any]], base: di
     matrix: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in results:
         matrix[str(r.get("check"))][str(r.get("adapter"))] = r
-    statuses = [s for s in _results.STATUSES if any(r.get("status") == s for r in results)]
+    statuses: list[str] = [s for s in _results.STATUSES if any(r.get("status") == s for r in results)]
     statuses += sorted({str(r.get("status")) for r in results} - set(statuses))
 
     failures = []

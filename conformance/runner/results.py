@@ -12,6 +12,10 @@ Schema ``ce-conformance/results/1`` (documented in docs/results.md)::
 
 Every result is also appended to ``results.partial.jsonl`` as soon as it is known, so an
 interrupted run loses nothing; failing inputs are saved as ``failures/<id>.npz``.
+
+Inside a run results are :class:`~conformance.engine.CheckResult` objects; :func:`record` makes
+the dict that is written (here, in the partial file, between processes). Files read back
+(:func:`load`, :func:`read_partial`, merge, report) stay dicts: they are documents.
 """
 from __future__ import annotations
 
@@ -23,12 +27,14 @@ import sys
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ..status import STATUSES  # every status a result can have, defined once there
+
+if TYPE_CHECKING:
+    from ..engine import CheckResult
 
 SCHEMA = "ce-conformance/results/1"
-#: Every status a result can have; "permissive" is a SHOULD clause the implementation does not
-#: enforce (fails only under --strict), "flaky" the same input answered differently twice.
-STATUSES = ("passed", "failed", "known", "variant", "permissive", "flaky", "not_supported", "error", "skipped", "fixed")
 
 
 def now() -> str:
@@ -53,9 +59,23 @@ def versions() -> dict[str, str]:
     return out
 
 
-def summary(results: Iterable[dict[str, Any]]) -> dict[str, int]:
-    c = Counter(r["status"] for r in results)
+def summary(results: Iterable[CheckResult] | Iterable[dict[str, Any]]) -> dict[str, int]:
+    """How many results have each status (every status listed): of a run's results, or of the
+    ``results`` of a file read back."""
+    c = Counter(r["status"] if isinstance(r, dict) else r.status for r in results)
     return {s: c.get(s, 0) for s in STATUSES}
+
+
+def record(result: CheckResult) -> dict[str, Any]:
+    """A result as it is written: :meth:`~conformance.engine.CheckResult.to_json` plus its
+    failing inputs as ``failure_inputs_b64`` (:func:`write_failures` turns those into files;
+    ``CheckResult.from_json`` reads them back)."""
+    import base64
+
+    d = result.to_json()
+    if result.failure_inputs:
+        d["failure_inputs_b64"] = base64.b64encode(result.failure_inputs).decode()
+    return d
 
 
 def spec_info(spec) -> dict[str, Any]:
@@ -179,10 +199,10 @@ def _check_body(doc: dict[str, Any], p: Path) -> None:
                 raise bad(f"results[{i}].failure.{key}", "is not a relative path inside the results folder")
 
 
-def append_partial(out_dir: Path, result: dict[str, Any]) -> None:
+def append_partial(out_dir: Path, result: CheckResult) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "results.partial.jsonl", "a") as f:
-        f.write(json.dumps(result, default=_default) + "\n")
+        f.write(json.dumps(record(result), default=_default) + "\n")
 
 
 # --------------------------------------------------------------------------- partial results

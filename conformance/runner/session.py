@@ -6,6 +6,10 @@ ends (or is interrupted).
 spec, adapters, checks, the gate. :class:`RunSession` is the record of the run, kept on the
 controlling process only: the results as they arrive, the output folder, progress, SIGTERM.
 The pytest plugin keeps both in ``config.stash`` (conformance/runner/pytest_plugin.py).
+
+Results are :class:`~conformance.engine.CheckResult` objects until they are written: the rules
+of the run (:func:`apply_known`, :func:`apply_baseline`) return a new result and never change
+the one they are given; :func:`finish_run` turns them into the dicts results.json holds.
 """
 from __future__ import annotations
 
@@ -13,13 +17,16 @@ import fnmatch
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..diagnostics import UserError, did_you_mean
 from ..gate import WHEN_KEYS, WHEN_VALUES
 from . import results as resultsmod
+
+if TYPE_CHECKING:  # the engine (and its frameworks) is loaded when a check runs, not with the plugin
+    from ..engine import CheckResult
 
 
 class ConfigError(UserError, ValueError):
@@ -63,8 +70,8 @@ class RunSession:
     total: int | None = None
     started: str | None = None
     t0: float = field(default_factory=time.monotonic)
-    #: Results as they arrive (results.json entries).
-    results: list[dict[str, Any]] = field(default_factory=list)
+    #: Results as they arrive; written as results.json entries by :func:`finish_run`.
+    results: list[CheckResult] = field(default_factory=list)
     console: Any = None
     #: Writing the reports: a SIGTERM from now on is recorded, not raised.
     finishing: bool = False
@@ -211,37 +218,38 @@ def _load_known_file(p: str, default_adapter: str | None) -> list[dict[str, Any]
     return entries
 
 
-def apply_known(result: dict[str, Any], entries: list[dict[str, Any]], *, strict: bool) -> None:
-    """Bookkeeping after a check: count the entries that accepted its failing examples (the
-    engine applied them per example, conformance/gate.py), fail accepted known divergences and
-    permissive SHOULD clauses under ``--strict``, and report entries whose check now passes."""
+def apply_known(result: CheckResult, entries: list[dict[str, Any]], *, strict: bool) -> CheckResult:
+    """The result after the run's known-divergence rules: under ``--strict`` an accepted known
+    divergence or a permissive SHOULD clause is ``failed``; a passing check that an entry
+    (without ``when``) lists is ``fixed``. A new result when a rule applies, else ``result``
+    itself; ``result`` is never changed. Bookkeeping on ``entries``: each entry's ``matched``
+    counts the failing examples it accepted (the engine applied them per example,
+    conformance/gate.py) and the fixed checks it lists."""
     by_entry = {(e["file"], e["index"]): e for e in entries}
     accepted_by_known = False
-    for rec in result.get("failures") or []:
+    for rec in result.failures or []:
         acc = rec.get("accepted_by") or {}
         if acc.get("by") == "known":
             accepted_by_known = True
             e = by_entry.get((acc.get("file"), acc.get("index")))
             if e is not None:
                 e["matched"] += 1
-    if strict and result["status"] == "known" and accepted_by_known:
-        result["status"] = "failed"
-        result["message"] = "--strict: a known divergence fails the run: " + (result.get("message") or "")
-    if strict and result["status"] == "permissive":
-        result["status"] = "failed"
-        result["message"] = ("--strict: a SHOULD clause that is not enforced fails the run: "
-                             + (result.get("message") or ""))
-    if result["status"] != "passed":
-        return
+    if strict and result.status == "known" and accepted_by_known:
+        return replace(result, status="failed",
+                       message="--strict: a known divergence fails the run: " + (result.message or ""))
+    if strict and result.status == "permissive":
+        return replace(result, status="failed", message=("--strict: a SHOULD clause that is not enforced fails "
+                                                         "the run: " + (result.message or "")))
+    if result.status != "passed":
+        return result
     for e in entries:
-        if (not e["when"] and fnmatch.fnmatchcase(result["adapter"], e["adapter"])
-                and fnmatch.fnmatchcase(result["check"], e["check"])):
-            result["known"] = {k: e[k] for k in ("reason", "link", "file", "index")}
-            result["status"] = "fixed"
-            result["message"] = (f"listed as a known divergence ({e['file']} entry {e['index']}) but passed: "
-                                 "remove the entry if it is fixed")
+        if (not e["when"] and fnmatch.fnmatchcase(result.adapter, e["adapter"])
+                and fnmatch.fnmatchcase(result.check, e["check"])):
             e["matched"] += 1
-            return
+            return replace(result, status="fixed", known={k: e[k] for k in ("reason", "link", "file", "index")},
+                           message=(f"listed as a known divergence ({e['file']} entry {e['index']}) but passed: "
+                                    "remove the entry if it is fixed"))
+    return result
 
 
 def load_baseline(path: str | None) -> dict[str, Any]:
@@ -279,17 +287,19 @@ def make_filter(known: list[dict[str, Any]], baseline: dict[str, Any]):
                          baseline_whole=list(baseline.get("whole", [])))
 
 
-def apply_baseline(result: dict[str, Any], baseline: dict[str, Any]) -> None:
-    """A suite ``error`` that the baseline had too is not new. (Failures were already judged
-    per example, by signature, inside the search.)"""
-    if not baseline or result["status"] != "error":
-        return
-    before = baseline.get("statuses", {}).get(result["id"])
-    if before in ("error", "failed"):
-        result["baseline"] = before
-        result["status"] = "known"
-        result["known"] = {"reason": f"not passing in the baseline either ({before})",
-                           "link": "", "file": "baseline", "index": 0}
+def apply_baseline(result: CheckResult, baseline: dict[str, Any]) -> CheckResult:
+    """The result after the baseline (:func:`load_baseline`): a suite ``error`` that the
+    baseline had too is not new, so it becomes ``known``, as a new result; anything else is
+    ``result`` itself, unchanged. (Failures were already judged per example, by signature,
+    inside the search.)"""
+    if not baseline or result.status != "error":
+        return result
+    before = baseline.get("statuses", {}).get(result.id)
+    if before not in ("error", "failed"):
+        return result
+    return replace(result, status="known", baseline=before,
+                   known={"reason": f"not passing in the baseline either ({before})",
+                          "link": "", "file": "baseline", "index": 0})
 
 
 # --------------------------------------------------------------------------- end of run
@@ -298,7 +308,8 @@ def finish_run(options, setup: RunSetup, run: RunSession, *, interrupted: bool) 
     in ``run.summary_lines``."""
     assert run.out is not None
     out, results = run.out, run.results
-    resultsmod.write_failures(out, results, spec_file=setup.spec.file,
+    records = [resultsmod.record(r) for r in results]  # what is written; write_failures completes them
+    resultsmod.write_failures(out, records, spec_file=setup.spec.file,
                               adapter_specs={name: _adapter_spec(a, name) for name, a in setup.adapters.items()})
     used = _entries_used(results)
     info = {
@@ -318,29 +329,29 @@ def finish_run(options, setup: RunSetup, run: RunSession, *, interrupted: bool) 
                             for e in setup.known
                             if (e["file"], e["index"]) not in used and _relevant(e, setup)],
     }
-    path = resultsmod.write(out, spec=setup.spec, run=info, results=results)
+    path = resultsmod.write(out, spec=setup.spec, run=info, results=records)
     s = resultsmod.summary(results)
     lines = [f"ce-conformance: {len(results)} checks -> " + ", ".join(f"{v} {k}" for k, v in s.items() if v),
              f"ce-conformance: results written to {path}" + (" (interrupted: partial)" if interrupted else "")]
     lines += [f"ce-conformance: warning: {w}" for w in info["unmatched_known"]]
-    lines += [f"ce-conformance: fixed: {r['id']} passed but is listed as a known divergence "
-              f"({r['known']['file']} entry {r['known']['index']}): remove the entry"
-              for r in results if r["status"] == "fixed"]
+    lines += [f"ce-conformance: fixed: {r.id} passed but is listed as a known divergence "
+              f"({r.known['file']} entry {r.known['index']}): remove the entry"
+              for r in results if r.status == "fixed" and r.known is not None]
     run.summary_lines = lines
     return path
 
 
-def _entries_used(results: list[dict[str, Any]]) -> set[tuple[Any, Any]]:
+def _entries_used(results: list[CheckResult]) -> set[tuple[Any, Any]]:
     """(file, index) of every known entry that accepted a failure or was reported fixed, read
     from the results themselves (under xdist the entries were applied in other processes)."""
     used: set[tuple[Any, Any]] = set()
     for r in results:
-        for f in r.get("failures") or []:
+        for f in r.failures or []:
             acc = f.get("accepted_by") or {}
             if acc.get("by") == "known":
                 used.add((acc.get("file"), acc.get("index")))
-        if r.get("status") in ("fixed", "known") and isinstance(r.get("known"), dict):
-            used.add((r["known"].get("file"), r["known"].get("index")))
+        if r.status in ("fixed", "known") and isinstance(r.known, dict):
+            used.add((r.known.get("file"), r.known.get("index")))
     return used
 
 

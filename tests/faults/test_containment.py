@@ -233,10 +233,10 @@ def test_an_adapter_without_source_runs_in_process_with_a_warning(monkeypatch):
     config = Config()
     config.stash[pytest_plugin.SETUP_KEY] = setup
     with pytest.warns(UserWarning, match="adapter numpy has no 'source'.*run in-process") as rec:
-        d = pytest_plugin.run_item(config, "numpy", "error.reduction_unknown")
+        r = pytest_plugin.run_item(config, "numpy", "error.reduction_unknown")
         pytest_plugin.run_item(config, "numpy", "error.reduction_unknown")
     assert len(rec) == 1
-    assert d["status"] == "passed" and d["examples"] > 0
+    assert r.status == "passed" and r.examples > 0
     assert not setup.workers and list(setup.contexts) == ["numpy"]
 
 
