@@ -1,6 +1,6 @@
 """Real LLM cross-entropy kernels gated through ``form:`` configs (examples/liger_llm.yaml,
 examples/hf_causal_lm.yaml, examples/cce_linear.yaml, examples/torchtune_chunked.yaml,
-examples/flash_attn_ce.yaml) on a few checks each; docs/findings.md has the full runs.
+examples/flash_attn_ce.yaml, examples/unsloth_ce.yaml) on a few checks each; docs/findings.md has the full runs.
 
 Each test skips, saying why, when its library is missing. Liger runs under Triton's CPU
 interpreter (TRITON_INTERPRET=1, set here for the worker processes) when there is no GPU.
@@ -153,14 +153,60 @@ def test_flash_attn_triton_cross_entropy(tmp_path, monkeypatch):
     import sys
     sys.path.insert(0, str(EXAMPLES))
     try:
-        from flash_attn_adapter import ENV, ce_file
+        import flash_attn_adapter  # noqa: F401  (loads the file at import: ImportError when absent)
+    except ImportError as exc:
+        pytest.skip(f"flash-attn's cross_entropy.py cannot be loaded: {exc}")
     finally:
         sys.path.remove(str(EXAMPLES))
-    if ce_file() is None:
-        pytest.skip(f"flash-attn's cross_entropy.py not found: set {ENV} (see examples/flash_attn_adapter.py)")
     _liger_interpret(monkeypatch)
     a = resolve(str(EXAMPLES / "flash_attn_ce.yaml"))
     assert a.capabilities.extensions == {"logit_scale", "z_loss", "return_z_loss"}
     code, res = gate(tmp_path, "flash_attn_ce.yaml", "special.z_loss_all_ignored")
     assert res["special.z_loss_all_ignored"]["status"] == "passed", res["special.z_loss_all_ignored"].get("message")
     assert code == 0
+
+
+# --------------------------------------------------------------------------- unsloth
+def _unsloth(monkeypatch):
+    """The loaded adapter module, or a skip saying why (examples/unsloth_adapter.py; unsloth
+    itself needs a GPU to import). TRITON_INTERPRET is set first: the shims depend on it."""
+    _need("triton", "unsloth's cross entropy is a Triton kernel (pip install --no-deps triton)")
+    _liger_interpret(monkeypatch)
+    import sys
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        sys.modules.pop("unsloth_adapter", None)
+        import unsloth_adapter
+    except ImportError as exc:
+        pytest.skip(f"unsloth's cross_entropy_loss.py cannot be loaded: {exc}")
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    return unsloth_adapter
+
+
+def test_unsloth_fast_cross_entropy_loss(tmp_path, monkeypatch):
+    """unsloth's fast_cross_entropy_loss, loaded alone: -100 positions are left out of the mean
+    (an all-ignored batch is the declared all_ignored_mean_zero variant), and a softcap of 0,
+    its "off" value, is accepted where the spec says cap <= 0 MUST be rejected (findings U5)."""
+    _unsloth(monkeypatch)
+    a = resolve(str(EXAMPLES / "unsloth_ce.yaml"))
+    assert isinstance(a, LlmTorchAdapter) and a.form.layout == "sequence"
+    assert a.capabilities.extensions == {"softcap", "logit_scale", "normalizer"} and a.capabilities.ranks == {3}
+    code, res = gate(tmp_path, "unsloth_ce.yaml", "special.all_ignored", "error.softcap_nonpositive")
+    r = res["special.all_ignored"]
+    assert r["status"] == "variant" and r["variants"] == ["all_ignored_mean_zero"], r.get("message")
+    r = res["error.softcap_nonpositive"]
+    assert r["status"] == "failed" and code == 1
+    assert "accepted invalid input (softcap=0.0)" in r["failure"]["message"]
+
+
+def test_unsloth_reads_past_the_row_for_an_out_of_range_label(monkeypatch):
+    """Findings U3: no bounds check on the label, so label == V loads the next row's first logit."""
+    import math
+
+    import torch
+    u = _unsloth(monkeypatch)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.tensor([[[0.0, 0.0], [5.0, 0.0]]], device=dev)
+    loss = u.fast_cross_entropy_loss(x, torch.tensor([[2, -100]], device=dev))
+    assert loss.item() == pytest.approx(math.log1p(math.exp(math.log(2) - 5)), rel=1e-6)
