@@ -15,9 +15,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conformance.runner import cli  # noqa: E402
 from conformance.adapters import resolve  # noqa: E402
 from conformance.adapters.llm import LlmTorchAdapter  # noqa: E402
+from conformance.runner import cli  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
