@@ -574,15 +574,24 @@ def _shape_kind(draw, sizes, con: Constraints, req: Request, rank: int, C: int) 
 def _late_maximum(draw, x: np.ndarray) -> None:
     """Each row's largest logit in its last (partial) block: at C - 1 or in the last eighth,
     above the rest by a drawn margin (online-softmax kernels must rescale their running sum
-    there, and a dropped partial block loses it)."""
+    there, and a dropped partial block loses it).
+
+    The rows are shifted by 0 or -8, or so that every logit is negative ("below_zero"); odd
+    rows are always below zero. A kernel that loads 0 instead of -inf into the padded lanes
+    of its last block is exact to within rounding when the row's maximum is far above 0
+    (exp(0 - max) vanishes), and makes a padded lane the row's maximum when every logit is
+    negative."""
     P, C = x.shape
     margin = draw(st.sampled_from([0.5, 2.0, 6.0]), label="late_margin")
-    shift = draw(st.sampled_from([0.0, -8.0]), label="late_shift")
+    shift = draw(st.sampled_from([0.0, -8.0, "below_zero"]), label="late_shift")
     rng = np.random.default_rng(P * 1_000_003 + C)
-    x += shift
+    if shift != "below_zero":
+        x += shift
     for r in range(P):
         pos = C - 1 if r % 2 == 0 else int(rng.integers(C - max(1, C // 8), C))
         x[r, pos] = np.max(x[r]) + margin
+        if shift == "below_zero" or r % 2 == 1:
+            x[r] -= x[r, pos] + 1.0  # the maximum at -1, every other logit below it
 
 
 def _full_shape(batch_shape, C, rank):

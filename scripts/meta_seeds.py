@@ -14,6 +14,7 @@ Families (the planted modules under tests/):
 
     python scripts/meta_seeds.py [--family fairness|inputs|llm|linear] [--seeds 20]
         [--first-seed S] [--profile default|thorough] [--only NAME] [--bugs-only|--correct-only]
+        [--checks ID,ID,...]
 """
 from __future__ import annotations
 
@@ -114,12 +115,19 @@ def main() -> int:
     ap.add_argument("--profile", default="default")
     ap.add_argument("--only", default=None, help="run only the implementations whose name contains this")
     ap.add_argument("--first-seed", type=int, default=0, help="start the sweep at this seed")
+    ap.add_argument("--checks", default=None,
+                    help="comma-separated check ids (or prefixes ending in '.') to keep")
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--bugs-only", action="store_true")
     group.add_argument("--correct-only", action="store_true")
     args = ap.parse_args()
     subs = [s for s in subjects(args.family, args.profile) if not args.only or args.only in s.name]
     subs = [s for s in subs if not (args.bugs_only and s.correct) and not (args.correct_only and not s.correct)]
+    if args.checks:
+        keep = [k.strip() for k in args.checks.split(",") if k.strip()]
+        for s in subs:
+            s.checks = [c for c in s.checks if any(c.id == k or (k.endswith(".") and c.id.startswith(k)) for k in keep)]
+        subs = [s for s in subs if s.checks]
     stats = {s.name: {"runs": 0, "known": 0, "flagged": [], "missed": [], "caught": 0} for s in subs}
     t0 = time.monotonic()
     # seeds outside, implementations inside: a sweep cut short still covers every implementation
