@@ -169,8 +169,11 @@ _modifier("nan_logit", "NaN at some logits", {"min_positions": 1, "no_ignored": 
 _modifier("all_neg_inf_row", "a position whose logits are all -inf",
           {"min_positions": 1, "no_ignored": True, "finite_regime": True}, _mod_all_neg_inf_row,
           features=("nonfinite",))
-_modifier("long_reduction", "a long batch (thousands of positions) in rank 2, none of them ignored",
-          {"ranks": (2,), "long": True, "no_ignored": True, "min_classes": 2})
+# positive weights: an expanded (stride-0) batch has every target alike, and a zero weight
+# there would make the mean 0/0 (special_cases.half_precision_long_mean expects it finite)
+_modifier("long_reduction", "a long batch (thousands of positions) in rank 2, none of them ignored, "
+          "a positive weight if any",
+          {"ranks": (2,), "long": True, "no_ignored": True, "min_classes": 2, "weight_positive_or_absent": True})
 _modifier("half_precision", "float16 or bfloat16", {"dtypes": ("float16", "bfloat16")})
 _modifier("huge_logits", "logits near 1e30 (float32/float64)", {"dtypes": ("float32", "float64"), "regime": "huge"})
 _modifier("vocab_blocks", "C at a block boundary (2^k +- 1) or a real vocabulary size, 1-2 rows, the maximum logit "
