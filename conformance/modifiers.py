@@ -180,9 +180,11 @@ _modifier("vocab_blocks", "C at a block boundary (2^k +- 1) or a real vocabulary
           "in the last block, class ids >= 32768 where C allows (domains.sizes)",
           {"ranks": (2,), "shape_kind": "vocab", "no_ignored": True, "weight_positive_or_absent": True,
            "finite_regime": True})
-_modifier("chunk_rows", "rows around chunk sizes (domains.sizes.chunk_rows) at small C",
+# rows distinct (no stride-0 batch): a mean of per-chunk means equals the mean when every
+# row's loss is the same
+_modifier("chunk_rows", "rows around chunk sizes (domains.sizes.chunk_rows) at small C, rows distinct",
           {"ranks": (2,), "shape_kind": "chunk", "no_ignored": True, "weight_positive_or_absent": True,
-           "min_classes": 2})
+           "min_classes": 2, "distinct_rows": True})
 _modifier("spatial_equals_classes", "an (N, C, d) input whose spatial size d equals C",
           {"ranks": (3,), "shape_kind": "spatial_equals_classes", "no_ignored": True,
            "weight_positive_or_absent": True, "min_classes": 2, "min_positions": 1})
