@@ -144,10 +144,10 @@ def call_adapter(ctx: Context, check_id: str, case: Case, *, gradient: bool):
     return _call(ctx, check_id, case, gradient=gradient)
 
 
-def judge_result(ctx: Context, check_id: str, case: Case, res, *, gradient: bool) -> Outcome:
+def judge_result(ctx: Context, check_id: str, case: Case, res, *, gradient: bool, ev=None) -> Outcome:
     """Judge one call's result against the oracle as the value checks do: loss, gradients,
     the extensions' extra outputs, the deprecation warning; :class:`CheckFailure` if wrong."""
-    return _judge_call(ctx, check_id, case, res, gradient=gradient)
+    return _judge_call(ctx, check_id, case, res, gradient=gradient, ev=ev)
 
 
 def _variant_note(ctx: Context, case: Case, ev) -> str | None:
@@ -160,8 +160,9 @@ def _variant_note(ctx: Context, case: Case, ev) -> str | None:
     return ",".join(ctx.vspec.applied_variants)
 
 
-def _judge_call(ctx: Context, check_id: str, case: Case, res, *, gradient: bool) -> Outcome:
-    ev = ctx.oracle.evaluate(case, gradients=gradient)
+def _judge_call(ctx: Context, check_id: str, case: Case, res, *, gradient: bool, ev=None) -> Outcome:
+    """``ev``: the case's evaluation when the caller already has it (with gradients if asked)."""
+    ev = ev if ev is not None else ctx.oracle.evaluate(case, gradients=gradient)
     dtype = case.dtype
     verdicts = [ctx.judge.compare(res.value, ev.value, ctx.judge.value_bound(ev, dtype), dtype,
                                   what="loss", clause=f"paths.{ev.path}.reductions.{ev.reduction}",
@@ -449,8 +450,8 @@ def _interleaved(ctx: Context, cid: str, case: Case, case2: Case) -> Outcome:
     assume(case.positions > 0 and case.num_classes > 1)
     # only a pair whose exact gradients differ tells one call's gradient from the other's
     # (negating tied or all-zero rows gives the same logits back)
-    g1 = ctx.oracle.evaluate(case).gradients
-    g2 = ctx.oracle.evaluate(case2).gradients
+    ev1, ev2 = ctx.oracle.evaluate(case), ctx.oracle.evaluate(case2)
+    g1, g2 = ev1.gradients, ev2.gradients
     assume(any(not np.allclose(g1[k], g2[k], equal_nan=True) for k in g1 if k in g2))
     adapter = ctx.adapter
     try:
@@ -464,9 +465,9 @@ def _interleaved(ctx: Context, cid: str, case: Case, case2: Case) -> Outcome:
         msg = f"interleaved forward/backward raised on a valid input: {type(exc).__name__}: {exc}"[:400]
         raise CheckFailure(cid, Verdict(False, "call", "valid_input.accepted", msg), case) from None
     outs = []
-    for c, r, other, order in ((case, r1, case2, "first"), (case2, r2, case, "second")):
+    for c, r, ev, other, order in ((case, r1, ev1, case2, "first"), (case2, r2, ev2, case, "second")):
         try:
-            outs.append(_judge_call(ctx, cid, c, r, gradient=True))
+            outs.append(_judge_call(ctx, cid, c, r, gradient=True, ev=ev))
         except CheckFailure as f:
             f.verdict.message = (f"the {order} of two interleaved calls (forward, forward, backward, backward): "
                                  f"{f.verdict.message}")

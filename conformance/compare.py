@@ -222,14 +222,16 @@ class Judge:
         e = expected
         b = np.broadcast_to(np.asarray(bound, dtype=np.float64), e.shape)
         allowed = self.allowed(e, b, dtype)
-        ok = elementwise_ok(a, e, allowed, dtype)
+        with np.errstate(all="ignore"):
+            diff = np.abs(a - e)
+        ok = elementwise_ok(a, e, allowed, dtype, diff=diff)
         if unspecified is not None:
             ok = ok | np.broadcast_to(unspecified, e.shape)
         with np.errstate(all="ignore"):
-            diff = np.abs(a - e)
             finite_e = np.isfinite(e)
-            ulps_each = np.where(finite_e & np.isfinite(a), diff / ulp(e, dtype), np.where(ok, 0.0, np.inf))
-            bound_ulps = allowed / ulp(e, dtype)
+            step = ulp(e, dtype)
+            ulps_each = np.where(finite_e & np.isfinite(a), diff / step, np.where(ok, 0.0, np.inf))
+            bound_ulps = allowed / step
         v = Verdict(bool(np.all(ok)), what, clause)
         finite_both = finite_e & np.isfinite(a)
         if np.any(finite_both):
@@ -263,17 +265,20 @@ class Judge:
             return bound + u * np.abs(e) + ulp(e, dtype) * 0.5 + tiny
 
 
-def elementwise_ok(a: np.ndarray, e: np.ndarray, allowed: np.ndarray, dtype: str) -> np.ndarray:
+def elementwise_ok(a: np.ndarray, e: np.ndarray, allowed: np.ndarray, dtype: str, *,
+                   diff: np.ndarray | None = None) -> np.ndarray:
     """The verdict rules, element by element (a: actual, e: exact, both float64):
 
     - finite exact: a finite answer within ``allowed``; or inf of the same sign where the
       exact value's neighbourhood reaches past the dtype's largest finite number (overflow);
     - NaN exact: NaN only;
     - inf exact: the same inf only (rounding down to the largest finite is never produced).
+
+    ``diff``: ``|a - e|`` when the caller has it already.
     """
     big = max_finite(dtype)
     with np.errstate(all="ignore"):
-        diff = np.abs(a - e)
+        diff = np.abs(a - e) if diff is None else diff
         finite_e = np.isfinite(e)
         may_overflow = finite_e & (np.abs(e) + allowed > big)
         ok_finite = finite_e & np.isfinite(a) & (diff <= allowed)

@@ -173,7 +173,7 @@ def recheck(adapter_name: str, check_id: str, case, *, spec_file: str, gradient:
         ev = ctx.oracle.evaluate(case, gradients=gradient)
         print(f"expected (exact): {np.asarray(ev.value)!r}")
         print(f"actual:           {np.asarray(res.value)!r}")
-        judge_result(ctx, check_id, case, res, gradient=gradient)
+        judge_result(ctx, check_id, case, res, gradient=gradient, ev=ev)
     except CheckFailure as f:
         print(f"FAIL: {f.verdict.clause}: {f.verdict.message}")
         return 1
