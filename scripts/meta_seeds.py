@@ -102,7 +102,9 @@ def subjects(family: str, profile: str) -> list[Subject]:
             fn = functools.partial(getattr(planted, n), **LINEAR_FAST.get(n, {}))
             a = LlmTorchAdapter(fn, f"planted-{n}", planted.FORM)
             checks = _value_checks(lspec) if n in planted.CORRECT else [lby_id[c] for c in planted.BUGGY[n]]
-            out.append(Subject(a.name, Context(lspec, a, profile=profile), checks, n in planted.CORRECT, []))
+            # the reference composes torch's own float16 F.cross_entropy: torch's known divergences apply
+            out.append(Subject(a.name, Context(lspec, a, profile=profile), checks, n in planted.CORRECT,
+                               _known("planted-*")))
     else:
         raise SystemExit(f"meta_seeds.py: unknown family {family!r} (fairness, inputs, llm, linear)")
     return out
