@@ -178,7 +178,8 @@ def _judge_call(ctx: Context, check_id: str, case: Case, res, *, gradient: bool,
             gbound = ctx.judge.gradient_bound(ev, wrt, dtype, case)
             verdicts.append(ctx.judge.compare(res.gradients[wrt], g, gbound, dtype, what=f"gradient[{wrt}]",
                                               clause=f"paths.{ev.path}.gradients.{wrt}.reductions.{ev.reduction}",
-                                              unspecified=ev.unspecified.get(wrt)))
+                                              unspecified=ev.unspecified.get(wrt),
+                                              magnitude=ev.magnitudes.get(wrt)))
     for name, (expected, _ext, _f) in ev.outputs.items():   # extensions' extra outputs (z_loss, lse)
         clause = f"extensions.{_ext.id}.output"
         got = getattr(res, "outputs", {}).get(name)

@@ -18,9 +18,10 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from . import chunked
 from .case import Case, as_float64, dtype_name, np_dtype
 from .oracle import Evaluation
-from .spec import Spec
+from .spec import UNIT_ROUNDOFF, Spec
 
 #: (mantissa bits, smallest normal exponent) per dtype, for ULP arithmetic.
 _FORMAT = {"float16": (10, -14), "bfloat16": (7, -126), "float32": (23, -126), "float64": (52, -1022)}
@@ -101,16 +102,11 @@ class Judge:
         formula = ev.formulas.get("value") or path.reductions[ev.reduction]
         P, C = float(env["P"]), float(env["C"])
         gam = self.gamma_unit(t, max(P, C))
+        if ev.chunks is not None:   # row chunks (conformance/chunked.py): per position, chunk by chunk
+            per = self._chunk_bounds(ev, dtype)["value"]
+        else:
+            per = self._position_bound(env, t, gam)
         with np.errstate(all="ignore"):
-            per = t.k_forward * t.u * self._finite(self.tol.scale.evaluate(env))
-            acc = getattr(self.tol, "accumulate", None)
-            if acc is not None:
-                per = per + gam * self._finite(acc.evaluate(env))
-            if "ext_scale" in env:  # the spec's extensions: their own terms (conformance/oracle.py)
-                per = (per + t.k_forward * t.u * self._finite(env["ext_scale"])
-                       + gam * self._finite(env["ext_accumulate"]))
-            if self.spec.linear is not None:  # the logits' own error (conformance/linear.py)
-                per = per + self.spec.linear.forward_bound(env, t, self)
             bound = np.abs(np.asarray(formula.evaluate(dict(env, l=per)), dtype=np.float64))
             if ev.reduction != "none" and ev.path != "elementwise" and P > 1:
                 # any order of the P-term sum: gamma(P - 1) * sum|l| (Higham, Thm 4.1 / recursive sum)
@@ -122,6 +118,21 @@ class Judge:
                     bound = bound + t.k_reduce * gam * (P - 1) * np.abs(self._finite(ev.value))
         bound = np.where(np.isfinite(bound), bound, 0.0)
         return self._shape_like(bound, ev.value, ev)
+
+    def _position_bound(self, env: dict, t, gam: float) -> np.ndarray:
+        """A position's loss error: the spec's scale and accumulate terms, the extensions' and
+        the linear form's logits error (before the reduction formula)."""
+        with np.errstate(all="ignore"):
+            per = t.k_forward * t.u * self._finite(self.tol.scale.evaluate(env))
+            acc = getattr(self.tol, "accumulate", None)
+            if acc is not None:
+                per = per + gam * self._finite(acc.evaluate(env))
+            if "ext_scale" in env:  # the spec's extensions: their own terms (conformance/oracle.py)
+                per = (per + t.k_forward * t.u * self._finite(env["ext_scale"])
+                       + gam * self._finite(env["ext_accumulate"]))
+            if self.spec.linear is not None:  # the logits' own error (conformance/linear.py)
+                per = per + self.spec.linear.forward_bound(env, t, self)
+        return per
 
     def internal_bound(self, ev: Evaluation, case: Case) -> np.ndarray | None:
         """What float32 internal math may err on the loss (the float32 row of the bound), for
@@ -137,6 +148,8 @@ class Judge:
 
     def gradient_bound(self, ev: Evaluation, wrt: str, dtype: str, case: Case) -> np.ndarray:
         if self.spec.linear is not None and wrt != "input":  # hidden, classifier, bias (conformance/linear.py)
+            if ev.chunks is not None:   # row chunks: per-row bounds concatenated, sums over positions summed
+                return self._chunk_bounds(ev, dtype)["gradients"][wrt]
             return self.spec.linear.gradient_bound(self, ev, wrt, dtype, case)
         t = self.tol.dtypes[dtype]
         genv = ev.gradient_envs[wrt]
@@ -171,16 +184,14 @@ class Judge:
         value, ext, formula = ev.outputs[name]
         env = ev.env
         gam = self.gamma_unit(t, max(float(env["P"]), float(env["C"])))
+        chunks = self._chunk_bounds(ev, dtype) if ev.chunks is not None else None
+        per = chunks["outputs"][name] if chunks is not None else self._output_position(ext, name, env, t, gam)
         with np.errstate(all="ignore"):
-            sc, acc = (ext.tolerance.get(k) for k in ("scale", "accumulate"))
-            per = (t.k_forward * t.u * (self._finite(sc.evaluate(env)) if sc else 0.0)
-                   + gam * (self._finite(acc.evaluate(env)) if acc else 0.0))
-            if self.spec.linear is not None:  # the logits' own error (conformance/linear.py)
-                per = per + self.spec.linear.output_bound(name, env, t, self)
             if formula is not None:
                 per = np.abs(np.asarray(formula.evaluate(dict(env, l=per)), dtype=np.float64))
                 if ev.reduction != "none" and float(env["P"]) > 1:
-                    term = self._finite(ext.formulas["loss"].evaluate(env))
+                    term = self._finite(ext.formulas["loss"].evaluate(env) if chunks is None
+                                        else chunks["terms"][name])
                     per = per + t.k_reduce * gam * (float(env["P"]) - 1) * np.abs(
                         np.asarray(formula.evaluate(dict(env, l=np.abs(term))), dtype=np.float64))
         per = np.where(np.isfinite(per), per, 0.0)
@@ -189,6 +200,57 @@ class Judge:
             return np.asarray(per, dtype=np.float64).reshape(())
         head = np.asarray(per, dtype=np.float64).reshape(-1)[:v.size] if np.size(per) >= v.size else per
         return np.broadcast_to(head, v.shape).reshape(v.shape)
+
+    def _output_position(self, ext, name: str, env: dict, t, gam: float) -> np.ndarray:
+        """An extra output's error per position, before its reduction."""
+        sc, acc = (ext.tolerance.get(k) for k in ("scale", "accumulate"))
+        with np.errstate(all="ignore"):
+            p = (t.k_forward * t.u * (self._finite(sc.evaluate(env)) if sc else 0.0)
+                 + gam * (self._finite(acc.evaluate(env)) if acc else 0.0))
+            if self.spec.linear is not None:  # the logits' own error (conformance/linear.py)
+                p = p + self.spec.linear.output_bound(name, env, t, self)
+        return np.asarray(p, dtype=np.float64)
+
+    def _chunk_bounds(self, ev: Evaluation, dtype: str) -> dict[str, Any]:
+        """Every bound of a row-chunked evaluation (conformance/chunked.py) in ONE pass over its
+        chunks, kept on the evaluation per dtype: the per-position parts of the loss's and the
+        extra outputs' bounds (reduced by the callers on the whole batch's vectors), the z-loss
+        terms, and the gradient bounds combined like the gradients (concatenated per row,
+        summed over positions)."""
+        if dtype in ev.bound_cache:
+            return ev.bound_cache[dtype]
+        assert ev.chunks is not None
+        t = self.tol.dtypes[dtype]
+        gam = self.gamma_unit(t, max(float(ev.env["P"]), float(ev.env["C"])))
+        linear = self.spec.linear
+        value: list[np.ndarray] = []
+        outputs: dict[str, list[np.ndarray]] = {n: [] for n in ev.outputs}
+        terms: dict[str, list[np.ndarray]] = {n: [] for n, (_, _, f) in ev.outputs.items() if f is not None}
+        grads = {w: chunked.Combiner(linear.tolerance_gradients[w]) for w in ev.gradients} if linear else {}
+        # (the chunks come with G and its environments only: the chunk's own gradients are not needed)
+
+        def rows(a, n: int) -> np.ndarray:
+            return np.broadcast_to(np.asarray(a, dtype=np.float64), (n, 1))
+
+        for sub, cev in ev.chunks(bool(grads)):
+            n = sub.positions
+            value.append(rows(self._position_bound(cev.env, t, gam), n))
+            for name in outputs:
+                outputs[name].append(rows(self._output_position(ev.outputs[name][1], name, cev.env, t, gam), n))
+            for name in terms:
+                terms[name].append(rows(ev.outputs[name][1].formulas["loss"].evaluate(cev.env), n))
+            if grads:
+                genv = linear.gradient_bound_env(self, cev, dtype, sub)
+                for c in grads.values():
+                    c.add_formula(genv)
+                del genv
+            del cev
+        out = {"value": np.concatenate(value, axis=0),
+               "outputs": {k: np.concatenate(v, axis=0) for k, v in outputs.items()},
+               "terms": {k: np.concatenate(v, axis=0) for k, v in terms.items()},
+               "gradients": {k: self._finite(c.result()) for k, c in grads.items()}}
+        ev.bound_cache[dtype] = out
+        return out
 
     @staticmethod
     def _shape_like(bound, value, ev):
@@ -202,8 +264,12 @@ class Judge:
     # ------------------------------------------------------------------ comparison
     def compare(self, actual, expected: np.ndarray, bound: np.ndarray, dtype: str, *, what: str, clause: str,
                 unspecified: np.ndarray | None = None, expected_dtype: str | None = None,
-                internal: np.ndarray | None = None) -> Verdict:
+                internal: np.ndarray | None = None, magnitude: np.ndarray | None = None) -> Verdict:
         """Elementwise comparison with NaN/inf/overflow rules; dtype and shape first.
+
+        ``magnitude``: each element's sum of |terms| (a matmul's, ``linear.tolerance.magnitudes``);
+        past the largest finite number of the accumulation dtype a term or partial sum of any
+        finite-precision evaluation may overflow, so inf of either sign or NaN is accepted there.
 
         ``internal``: what a correct implementation's float32 internal math may err
         (:meth:`internal_bound`); given, the verdict keeps the rounding-bias samples."""
@@ -227,6 +293,10 @@ class Judge:
         ok = elementwise_ok(a, e, allowed, dtype, diff=diff)
         if unspecified is not None:
             ok = ok | np.broadcast_to(unspecified, e.shape)
+        if magnitude is not None:
+            with np.errstate(all="ignore"):
+                past = np.broadcast_to(np.asarray(magnitude, dtype=np.float64), e.shape) > self.accumulation_max(dtype)
+            ok = ok | (past & ~np.isfinite(a))
         with np.errstate(all="ignore"):
             finite_e = np.isfinite(e)
             step = ulp(e, dtype)
@@ -254,6 +324,14 @@ class Judge:
             v.message = failure_message(v, what, dtype, e.ndim, int(np.count_nonzero(~ok)), e.size)
         return v
 
+
+    def accumulation_max(self, dtype: str) -> float:
+        """The largest finite number of the accumulation dtype the spec allows for ``dtype`` (the
+        widest of the formats whose unit roundoff is the row's ``u_acc``, and ``dtype`` itself)."""
+        t = self.tol.dtypes[dtype]
+        ua = float(getattr(t, "extra", {}).get("u_acc", t.u))
+        wider = [max_finite(d) for d, u in UNIT_ROUNDOFF.items() if abs(u - ua) <= 1e-6 * u]   # written to 8 digits
+        return max([max_finite(dtype)] + wider)
 
     def allowed(self, e: np.ndarray, bound: np.ndarray, dtype: str) -> np.ndarray:
         """Each element's admitted |error|: the derived bound, plus the final rounding to

@@ -163,9 +163,16 @@ def _count(mask):
     return np.float64(np.count_nonzero(np.asarray(mask, dtype=bool)))
 
 
-def _fits_float32(a: np.ndarray) -> bool:
-    f = a[np.isfinite(a)]
-    return bool(np.all(f.astype(np.float32).astype(np.float64) == f))
+def _fits_float32(a: np.ndarray, block: int = 2 ** 16) -> bool:
+    """Every finite value of ``a`` is a float32 value; checked a block at a time, so that a
+    classifier of C * H values costs no copy of its size (conformance/chunked.py)."""
+    flat = np.asarray(a).reshape(-1)
+    for i in range(0, flat.size, block):
+        f = flat[i:i + block]
+        f = f[np.isfinite(f)]
+        if not np.all(f.astype(np.float32).astype(np.float64) == f):
+            return False
+    return True
 
 
 def _matmul(a, b):

@@ -45,6 +45,9 @@ class LinearSection:
     tolerance_gradients: dict[str, Formula]
     outputs: dict[str, Formula]
     domain: dict[str, Any] = field(default_factory=dict)
+    #: Per gradient: the sum of |terms| of each element (``linear.tolerance.magnitudes``); where
+    #: it passes the accumulation dtype's range, a non-finite answer is accepted (compare.py).
+    magnitudes: dict[str, Formula] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ oracle
     def prepare(self, case: Case, env: dict) -> None:
@@ -53,15 +56,18 @@ class LinearSection:
         if lin is None:
             raise ValueError("a linear_cross_entropy case needs hidden and classifier (case.linear)")
         h = np.asarray(lin["hidden"]).astype(np.float64)
-        W = np.asarray(lin["classifier"]).astype(np.float64)
+        W = np.asarray(lin["classifier"], dtype=np.float64)   # no copy when a row chunk passes float64
         b = lin.get("bias")
         env["hidden"], env["classifier"] = h, W
-        env["bias"] = np.zeros(W.shape[0]) if b is None else np.asarray(b).astype(np.float64)
+        env["bias"] = np.zeros(W.shape[0]) if b is None else np.asarray(b, dtype=np.float64)
         env["H"] = np.float64(h.shape[-1])
         env["x"] = np.asarray(self.logits.evaluate(env), dtype=np.float64).reshape(env["x"].shape)
 
-    def chain(self, case: Case, grads: dict, unspec: dict, genvs: dict) -> tuple[dict, dict, dict]:
-        """Gradients w.r.t. hidden, classifier and bias from G = d output / d logits."""
+    def chain(self, case: Case, grads: dict, unspec: dict, genvs: dict,
+              magnitudes: dict | None = None, values: bool = True) -> tuple[dict, dict, dict]:
+        """Gradients w.r.t. hidden, classifier and bias from G = d output / d logits (and, into
+        ``magnitudes``, the sums of |terms| of their elements). ``values=False``: only their
+        environments (G), for the judge's bounds of a row chunk (conformance/chunked.py)."""
         lin = case.linear
         if lin is None:
             raise ValueError("a linear_cross_entropy case needs hidden and classifier (case.linear)")
@@ -72,9 +78,13 @@ class LinearSection:
         for wrt in WRTS:
             if wrt == "bias" and lin.get("bias") is None:
                 continue
-            out[wrt] = np.asarray(self.gradients[wrt].evaluate(genv), dtype=np.float64)
-            masks[wrt] = np.zeros(out[wrt].shape, dtype=bool)
             genvs[wrt] = genv
+            if not values:
+                continue
+            out[wrt] = np.asarray(self.gradients[wrt].evaluate(genv), dtype=np.float64)
+            if magnitudes is not None and wrt in self.magnitudes:
+                magnitudes[wrt] = np.asarray(self.magnitudes[wrt].evaluate(genv), dtype=np.float64)
+            masks[wrt] = np.zeros(out[wrt].shape, dtype=bool)
         return out, masks, genvs
 
     # ------------------------------------------------------------------ judge
@@ -114,14 +124,21 @@ class LinearSection:
         """d hidden, d classifier, d bias: the bound of G (the base rule at the exact logits, the
         logits' error through the softmax's sensitivity, a rounding of G to the dtype) pushed
         through the spec's tolerance formula of ``wrt``, which adds the matmul's own sum."""
+        with np.errstate(all="ignore"):
+            b = np.asarray(self.tolerance_gradients[wrt].evaluate(self.gradient_bound_env(judge, ev, dtype, case)),
+                           dtype=np.float64)
+        return np.where(np.isfinite(b), b, 0.0)
+
+    def gradient_bound_env(self, judge, ev, dtype: str, case: Case) -> dict:
+        """What the tolerance formulas of the gradients read: the tolerance environment and dG,
+        G's bound (the same for hidden, classifier and bias)."""
         t = judge.tol.dtypes[dtype]
         genv = ev.gradient_envs["input"]
         base = np.asarray(judge.gradient_bound(ev, "input", dtype, case), dtype=np.float64).reshape(genv["x"].shape)
-        env = self._env(dict(genv, G=ev.gradient_envs[wrt]["G"]), t, judge)
+        env = self._env(dict(genv, G=ev.gradient_envs["hidden"]["G"]), t, judge)
         formula = ev.formulas["input"]
         with np.errstate(all="ignore"):
             sens = np.broadcast_to(judge._finite(self.sensitivity.evaluate(env)), genv["x"].shape)
             pushed = np.abs(np.asarray(formula.evaluate(dict(genv, dl=sens, g=np.abs(genv["g"]))), dtype=np.float64))
             dG = base + judge._finite(pushed) + t.u * np.abs(judge._finite(env["G"]))
-            b = np.asarray(self.tolerance_gradients[wrt].evaluate(dict(env, dG=dG)), dtype=np.float64)
-        return np.where(np.isfinite(b), b, 0.0)
+        return dict(env, dG=dG)

@@ -82,7 +82,12 @@ def linear_cases(draw, spec, req) -> Case:
     if vmenu and not req.modifiers and not req.pins and req.allow_long \
             and draw(st.integers(0, 999), label="vocab_draw") >= 1000 * (1 - float(vocab.get("share", 0.0))):
         # (at the top of the range, so that a shrinking failure leaves the large vocabulary if it can)
-        sizes = {**spec.domains["sizes"], "classes": vmenu, "batch": list(vocab.get("batch", [1]))}
+        C = draw(st.sampled_from(vmenu), label="vocab_classes")
+        batch = list(vocab.get("batch", [1])) + (list(vocab.get("thorough_batch", [])) if req.large_classes else [])
+        cap = int(vocab.get("max_cells", 2 ** 24))
+        batch = sorted({n for n in batch if n * C <= cap}) or [1]
+        # (the menu is bounded by max_cells already: draw_shape keeps every row count of it)
+        sizes = {**spec.domains["sizes"], "classes": [C], "batch": batch, "batch_at_any_classes": True}
         sizes.pop("large_batch", None)
         plain = replace(plain, raw={**plain.raw, "domains": {**plain.domains, "sizes": sizes}})
         hidden_menu = list(vocab.get("hidden", hidden_menu))

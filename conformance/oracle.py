@@ -8,11 +8,13 @@ cross-check in tests/test_oracle.py).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from . import chunked
 from .case import Case
 from .formula import Formula
 from .spec import Extension, Spec
@@ -34,6 +36,16 @@ class Evaluation:
     #: Extra outputs the case asks for (extensions: "z_loss", "lse"), float64, and their bounds
     #: in units: {"name": (value, per-position scale, per-position accumulate, formula or None)}.
     outputs: dict[str, Any] = field(repr=False, default_factory=dict)
+    #: A case evaluated in row chunks (conformance/chunked.py): ``env`` then holds the whole
+    #: batch's scalars and per-position vectors only, ``gradient_envs`` nothing, and
+    #: ``chunks(with_gradients)`` yields each chunk's (case, dense evaluation) again, with the
+    #: whole batch's position-global values, for the judge's bounds.
+    #: Per gradient, the sum of |terms| of each element where the spec gives one (the linear
+    #: form): past the accumulation dtype's range a non-finite answer is accepted (compare.py).
+    magnitudes: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    #: The judge's bounds of a chunked evaluation, per dtype (compare.py Judge._chunk_bounds).
+    bound_cache: dict[str, Any] = field(repr=False, default_factory=dict)
+    chunks: Callable[[bool], Iterator[tuple[Case, Evaluation]]] | None = field(repr=False, default=None)
 
 
 class Oracle:
@@ -48,11 +60,28 @@ class Oracle:
         return case.target_kind
 
     def evaluate(self, case: Case, *, gradients: bool = True, reduction: str | None = None) -> Evaluation:
+        """What the spec says ``case`` must return. A linear-form case of many logits is
+        evaluated in row chunks (conformance/chunked.py), in memory for a few rows of logits."""
+        if chunked.applies(self.spec, case):
+            try:
+                return chunked.evaluate(self, case, gradients=gradients, reduction=reduction)
+            except chunked.NotChunkable:
+                pass
+        return self._dense(case, gradients=gradients, reduction=reduction)
+
+    def _dense(self, case: Case, *, gradients: bool = True, reduction: str | None = None,
+               overrides: Mapping[str, Any] | None = None, chain: bool = True) -> Evaluation:
+        """The evaluation with every array whole. ``overrides``: values that replace the inputs
+        and bindings of those names (a row chunk's P and position-global bindings, from the
+        whole batch). ``chain=False``: the linear form's gradient environments without the
+        gradients (a row chunk for the judge's bounds)."""
+        over = dict(overrides or {})
         spec = self.spec
         pname = self.path_for(case)
         path = spec.paths[pname]
         red = reduction or case.effective_reduction(spec.deprecated)
         env = case.canonical()
+        env.update({k: v for k, v in over.items() if k in env})
         if spec.linear is not None:   # the linear form: x = the spec's logits of hidden, classifier, bias
             spec.linear.prepare(case, env)
         exts = [spec.extensions[e] for e in spec.extensions if e in case.extensions]
@@ -70,7 +99,7 @@ class Oracle:
                     env["dlogits"] = env["dlogits"] * e.formulas["dlogits"].evaluate(env)
                     env["x"] = np.asarray(e.formulas["logits"].evaluate(env), dtype=np.float64)
             for name, f in path.bindings.items():
-                env[name] = f.evaluate(env)
+                env[name] = over[name] if name in over else f.evaluate(env)
             formula = path.reductions[red]
             outputs: dict[str, Any] = {}
             for e in exts:
@@ -102,7 +131,7 @@ class Oracle:
                 genv = dict(env)
                 with np.errstate(all="ignore"):
                     for name, f in grad.bindings.items():
-                        genv[name] = f.evaluate(genv)
+                        genv[name] = over[name] if name in over else f.evaluate(genv)
                     gformula = grad.reductions[red]
                     if wrt == "input" and exts:
                         for e in exts:
@@ -123,9 +152,10 @@ class Oracle:
                 grads[wrt] = case.from_canonical(graw, "elementwise")
                 unspec[wrt] = case.from_canonical(mask, "elementwise")
                 genvs[wrt] = genv
+        mags: dict[str, np.ndarray] = {}
         if spec.linear is not None and gradients:   # w.r.t. hidden, classifier and bias, from G
-            grads, unspec, genvs = spec.linear.chain(case, grads, unspec, genvs)
-        return Evaluation(pname, red, value, grads, unspec, env, genvs, formulas, shaped)
+            grads, unspec, genvs = spec.linear.chain(case, grads, unspec, genvs, mags, values=chain)
+        return Evaluation(pname, red, value, grads, unspec, env, genvs, formulas, shaped, magnitudes=mags)
 
     @staticmethod
     def _ext_terms(exts, env, keys, what):

@@ -899,7 +899,10 @@ def _build_composed(raw: dict, text: str, file: str):
     tgrads = {w: _parse(tol["gradients"][w], known | {"dG"}, ("linear", "tolerance", "gradients", w)) for w in WRTS}
     outputs = {k: _parse(v, known, ("linear", "tolerance", "outputs", k))
                for k, v in (tol.get("outputs") or {}).items()}
-    section = LinearSection(logits, gradients, bindings, forward, sensitivity, tgrads, outputs, dict(lin["domain"]))
+    mags = {w: _parse(f, LINEAR_INPUTS | {"G"}, ("linear", "tolerance", "magnitudes", w))
+            for w, f in (tol.get("magnitudes") or {}).items()}
+    section = LinearSection(logits, gradients, bindings, forward, sensitivity, tgrads, outputs, dict(lin["domain"]),
+                            magnitudes=mags)
     merged = {**base.raw, **raw, "domains": domains, "paths": {"index": base.raw["paths"]["index"]},
               "tolerances": base.raw["tolerances"], "variants": base.raw.get("variants") or {},
               "extensions": base.raw.get("extensions") or {}}

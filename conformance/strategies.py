@@ -301,7 +301,7 @@ def draw_shape(draw, spec, req: Request, con: Constraints, ranks: tuple[int, ...
             n_menu = [n for n in n_menu if n > 0] or [1]
         if pins.get("layout") == "expanded":
             n_menu = [n for n in n_menu if n >= 2] or [3]
-        if C >= 257 or rank >= 4:
+        if (C >= 257 or rank >= 4) and not sizes.get("batch_at_any_classes"):
             n_menu = [n for n in n_menu if n <= 16] or n_menu[:1] or [1]
         N = draw(st.sampled_from(n_menu), label="batch")
         spatial = tuple(draw(st.sampled_from(sizes["spatial"]), label=f"d{i + 1}") for i in range(rank - 2))

@@ -129,6 +129,24 @@ def test_unspecified_elements_are_not_judged():
     assert not v.ok and v.worst_index == (0,)
 
 
+def test_overflowing_magnitude_admits_a_non_finite_answer_there_only():
+    """linear.tolerance.magnitudes: where a matmul's sum of |terms| passes the accumulation
+    dtype's largest finite number, inf of either sign or NaN is admitted; a finite answer is
+    still held to its bound, and elsewhere nothing changes."""
+    big = max_finite("float32")
+    exact = [-2.2e41, 5.0]
+    mag = [1e42, 10.0]
+    assert JUDGE.accumulation_max("float32") == big
+    assert JUDGE.accumulation_max("float16") == big       # float16 may accumulate in float32
+    assert JUDGE.accumulation_max("float64") == max_finite("float64")
+    for answer in ([math.inf, 5.0], [-math.inf, 5.0], [math.nan, 5.0]):
+        assert _compare(answer, exact, magnitude=mag).ok, answer
+        assert not _compare(answer, exact).ok or answer[0] == -math.inf   # -inf: ordinary overflow
+    assert not _compare([1.0, 5.0], exact, magnitude=mag).ok           # finite and wrong
+    assert not _compare([-math.inf, math.nan], exact, magnitude=mag).ok  # NaN where the sum fits
+    assert not _compare([math.inf, 5.0], exact, magnitude=[big * 0.5, 10.0]).ok   # below the range
+
+
 def test_failure_message_is_one_line_for_every_rule():
     from conformance.compare import Verdict
     v = Verdict(False, "loss", "c", worst_index=(2,), expected="nan", actual=1.0)
