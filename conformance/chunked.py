@@ -301,12 +301,14 @@ def evaluate(oracle: Oracle, case: Case, *, gradients: bool, reduction: str | No
             a = np.asarray(v) if isinstance(v, np.ndarray | np.generic | float | int) else None
             if a is None:
                 continue
+            # canonical shapes: (rows, 1) per position, (C,) per class, 0-d scalars; (rows, C)
+            # logits-sized and (rows, H) / (C, H) matmul operands are not kept
             if a.ndim == 2 and a.shape == (n, 1):
                 per_pos.setdefault(k, []).append(a)
-            elif a.ndim == 0 or (a.ndim >= 1 and a.shape[0] != n):
+            elif a.ndim <= 1:
                 if k not in full:
                     full[k] = v
-                elif a.ndim == 0 and not _same(full[k], a):
+                elif not _same(full[k], a):
                     raise NotChunkable(f"{k} differs between row chunks")
         for name, (_, ext, _) in ev.outputs.items():   # an extension's per-position output term
             f = ext.formulas.get("loss") or ext.formulas.get("value")

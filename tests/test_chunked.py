@@ -147,3 +147,30 @@ def test_overflowing_classifier_gradient_accepts_non_finite_only_there():
     assert with_rule.ok, with_rule.message
     without = JUDGE.compare(got, ev.gradients["classifier"], bound, "float32", **kw)
     assert not without.ok and "is finite in float32" in without.message   # what the 10-seed sweep flagged
+
+
+def test_thorough_profile_draws_up_to_max_cells_at_real_vocabularies():
+    """linear.domain.vocab.thorough_batch and max_cells: the thorough profile reaches cases the
+    chunked oracle takes (>= 2**20 logits, at most 2**24); the default profile keeps P <= 3."""
+    from hypothesis import find
+
+    from conformance.adapters import resolve
+
+    caps = resolve("torch-linear").capabilities
+    vocab = SPEC.linear.domain["vocab"]
+    big = find(linear_strategies.cases_of(SPEC, strat.request_for(SPEC, caps, profile="thorough")),
+               lambda c: c.num_classes in vocab["classes"] and c.positions in vocab["thorough_batch"],
+               settings=settings(max_examples=2000, database=None, deadline=None, derandomize=True,
+                                 suppress_health_check=list(HealthCheck)))
+    assert big.positions * big.num_classes <= vocab["max_cells"]
+    seen = []
+
+    @settings(max_examples=60, database=None, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(linear_strategies.cases_of(SPEC, strat.request_for(SPEC, caps, profile="default")))
+    def default(case):
+        if case.num_classes in vocab["classes"]:
+            seen.append(case.positions)
+
+    default()
+    assert seen and set(seen) <= set(vocab["batch"])
