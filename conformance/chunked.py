@@ -155,9 +155,9 @@ class Combiner:
             return
         with np.errstate(all="ignore"):
             for sign, term in self.terms:
-                v = np.asarray(term.evaluate(env), dtype=np.float64)
+                v = np.asarray(term.evaluate(env))
                 if self.total is None:
-                    self.total = np.array(v if sign > 0 else -v)
+                    self.total = np.array(v if sign > 0 else -v, dtype=np.longdouble)
                 elif sign > 0:
                     self.total += v
                 else:
@@ -165,18 +165,18 @@ class Combiner:
                 del v
 
     def add(self, part) -> None:
-        p = np.asarray(part, dtype=np.float64)
         if not self.sums:
-            self.rows.append(p)
-        else:
+            self.rows.append(np.asarray(part, dtype=np.float64))
+        else:   # in long double: the chunks' parts (long double too, formula._matmul) unrounded
+            p = np.asarray(part)
             if self.total is None:
-                self.total = np.array(p)
+                self.total = np.array(p, dtype=np.longdouble)
             else:
                 self.total += p
 
     def result(self) -> np.ndarray:
         if self.sums and self.total is not None:
-            return self.total
+            return np.asarray(self.total, dtype=np.float64)
         if not self.sums and self.rows:
             return np.concatenate(self.rows, axis=0)
         raise NotChunkable("no chunk")

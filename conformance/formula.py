@@ -180,12 +180,14 @@ def _matmul(a, b):
     any tolerance: when an operand holds float32-representable values (inputs of float32 or
     narrower), every product of two such values is exact in float64 and the float64 sum loses
     at most n * 2**-53 relative to sum|a||b|, 2**-29 of the float32 bound; otherwise (float64
-    inputs) the products and the sum are taken in long double (64-bit significand on x86)."""
+    inputs) the products and the sum are taken in long double (64-bit significand on x86) and
+    the result stays in long double, so that a sum of row chunks' products
+    (conformance/chunked.py) is not rounded to float64 chunk by chunk."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if _fits_float32(a) or _fits_float32(b):
         return a @ b
-    return np.asarray(a.astype(np.longdouble) @ b.astype(np.longdouble), dtype=np.float64)
+    return a.astype(np.longdouble) @ b.astype(np.longdouble)
 
 
 def _linear(h, W, b):
@@ -198,9 +200,10 @@ def _linear(h, W, b):
 
 
 def _sum_positions(e):
-    """Column sums over the positions: (P, C) -> (C,) (the bias gradient)."""
-    e = np.asarray(e, dtype=np.float64)
-    return np.asarray(e.astype(np.longdouble).sum(axis=0), dtype=np.float64) if e.ndim == 2 else e
+    """Column sums over the positions: (P, C) -> (C,) (the bias gradient), in long double (kept,
+    like :func:`_matmul`'s, so that row chunks' sums add up unrounded)."""
+    e = np.asarray(e)
+    return e.astype(np.longdouble).sum(axis=0) if e.ndim == 2 else e.astype(np.float64)
 
 
 FUNCTIONS: Mapping[str, Callable] = {

@@ -8,11 +8,12 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from conformance import chunked, linear_strategies
 from conformance import strategies as strat
+from conformance.adapters import resolve
 from conformance.case import Case
 from conformance.compare import Judge
 from conformance.formula import parse
@@ -22,14 +23,16 @@ from conformance.spec import load_default
 SPEC = load_default("linear_cross_entropy")
 ORACLE = Oracle(SPEC)
 JUDGE = Judge(SPEC)
+CAPS = resolve("torch-linear").capabilities
 
 
 def _close(a, b, what, scale=0.0, rtol=1e-12):
-    """Equal up to float64 rounding of differently ordered sums: within rtol of the value, or
-    within a millionth of the admitted error (cancelling sums of the classifier gradient)."""
+    """Equal up to the rounding of differently ordered sums: within rtol of the value, or within
+    a hundredth of the admitted error (the cancelling sums of the classifier gradient: float64
+    inputs are summed in long double, 2**-11 of the float64 bound whatever the order)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     assert a.shape == b.shape, what
-    ok = (a == b) | (np.isnan(a) & np.isnan(b)) | (np.abs(a - b) <= rtol * np.abs(b) + 1e-6 * np.asarray(scale))
+    ok = (a == b) | (np.isnan(a) & np.isnan(b)) | (np.abs(a - b) <= rtol * np.abs(b) + 1e-2 * np.asarray(scale))
     assert ok.all(), f"{what}: chunked {a[~ok][:3]} vs dense {b[~ok][:3]}"
 
 
@@ -42,13 +45,14 @@ def _case(P, C, H, dtype="float32", reduction="mean", regime="ordinary", extensi
                 linear={"hidden": h, "classifier": W, "bias": b}, extensions=extensions or {})
 
 
-@settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-@given(linear_strategies.cases_of(SPEC, strat.request_for(SPEC, __import__("conformance.adapters", fromlist=["resolve"])
-                                                         .resolve("torch-linear").capabilities)),
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck),
+          phases=[Phase.explicit, Phase.reuse, Phase.generate])   # no shrinking of vocabulary-sized cases
+@given(linear_strategies.cases_of(SPEC, dataclasses.replace(strat.request_for(SPEC, CAPS), max_classes=4097)),
        st.integers(1, 3))
 def test_chunks_give_the_dense_evaluation_and_bounds(case, rows):
     if case.positions < 2:
         return
+    rows = max(rows, -(-case.positions // 6))   # at most 6 chunks (long batches have 4096 rows)
     ce = chunked.evaluate(ORACLE, case, gradients=True, reduction=None, rows=rows)
     de = ORACLE._dense(case)
     d = case.dtype
@@ -143,7 +147,8 @@ def test_overflowing_classifier_gradient_accepts_non_finite_only_there():
     got = W.grad.numpy()
     bound = JUDGE.gradient_bound(ev, "classifier", "float32", case)
     kw = dict(what="gradient[classifier]", clause="c")
-    with_rule = JUDGE.compare(got, ev.gradients["classifier"], bound, "float32", magnitude=ev.magnitudes["classifier"], **kw)
+    mag = ev.magnitudes["classifier"]
+    with_rule = JUDGE.compare(got, ev.gradients["classifier"], bound, "float32", magnitude=mag, **kw)
     assert with_rule.ok, with_rule.message
     without = JUDGE.compare(got, ev.gradients["classifier"], bound, "float32", **kw)
     assert not without.ok and "is finite in float32" in without.message   # what the 10-seed sweep flagged
@@ -154,9 +159,7 @@ def test_thorough_profile_draws_up_to_max_cells_at_real_vocabularies():
     chunked oracle takes (>= 2**20 logits, at most 2**24); the default profile keeps P <= 3."""
     from hypothesis import find
 
-    from conformance.adapters import resolve
-
-    caps = resolve("torch-linear").capabilities
+    caps = CAPS
     vocab = SPEC.linear.domain["vocab"]
     big = find(linear_strategies.cases_of(SPEC, strat.request_for(SPEC, caps, profile="thorough")),
                lambda c: c.num_classes in vocab["classes"] and c.positions in vocab["thorough_batch"],
