@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -49,16 +49,15 @@ class NotChunkable(Exception):
     """The spec's formulas cannot be evaluated row chunk by row chunk; use the dense oracle."""
 
 
-def applies(spec, case: Case, min_cells: int | None = None) -> bool:
-    """True for a linear-form case of class indices with at least ``min_cells`` logits."""
+def applies(spec, case: Case) -> bool:
+    """True for a linear-form case of class indices with at least :data:`MIN_CELLS` logits."""
     if getattr(spec, "linear", None) is None or case.linear is None or case.target_kind != "index":
         return False
-    cells = min_cells if min_cells is not None else MIN_CELLS
-    return case.rank == 2 and case.positions > 1 and case.positions * case.num_classes >= cells
+    return case.rank == 2 and case.positions > 1 and case.positions * case.num_classes >= MIN_CELLS
 
 
-def rows_per_chunk(C: int, cells: int | None = None) -> int:
-    return max(1, (cells if cells is not None else CHUNK_CELLS) // max(C, 1))
+def rows_per_chunk(C: int) -> int:
+    return max(1, CHUNK_CELLS // max(C, 1))
 
 
 # --------------------------------------------------------------------------- formulas
@@ -157,7 +156,7 @@ class Combiner:
             for sign, term in self.terms:
                 v = np.asarray(term.evaluate(env))
                 if self.total is None:
-                    self.total = np.array(v if sign > 0 else -v, dtype=np.longdouble)
+                    self.total = np.array(v if sign > 0 else -v, dtype=_total_dtype(v))
                 elif sign > 0:
                     self.total += v
                 else:
@@ -167,10 +166,10 @@ class Combiner:
     def add(self, part) -> None:
         if not self.sums:
             self.rows.append(np.asarray(part, dtype=np.float64))
-        else:   # in long double: the chunks' parts (long double too, formula._matmul) unrounded
+        else:   # long double parts (formula._matmul of float64 inputs) are summed unrounded
             p = np.asarray(part)
             if self.total is None:
-                self.total = np.array(p, dtype=np.longdouble)
+                self.total = np.array(p, dtype=_total_dtype(p))
             else:
                 self.total += p
 
@@ -180,6 +179,13 @@ class Combiner:
         if not self.sums and self.rows:
             return np.concatenate(self.rows, axis=0)
         raise NotChunkable("no chunk")
+
+
+def _total_dtype(part: np.ndarray) -> np.dtype:
+    """A running total's dtype: long double where the part is (float64 inputs, whose chunks'
+    sums must not be rounded), float64 otherwise (float32-representable inputs: their products
+    are exact in float64, and a long double total would double the (C, H) arrays' memory)."""
+    return np.result_type(part, np.float64)
 
 
 def _terms(node: ast.expr, sign: int = 1) -> list[tuple[int, ast.expr]]:
@@ -195,14 +201,6 @@ def _subformula(node: ast.expr, formula: Formula) -> Formula:
     """A term of ``formula`` as a formula of its own (already checked as part of the whole)."""
     names = frozenset(n.id for n in ast.walk(node) if isinstance(n, ast.Name)) & formula.names
     return Formula(ast.unparse(node), ast.Expression(body=node), names, formula.where)
-
-
-def combine(formula: Formula, parts: Iterable[np.ndarray]) -> np.ndarray:
-    """:class:`Combiner` over ``parts``."""
-    c = Combiner(formula)
-    for p in parts:
-        c.add(p)
-    return c.result()
 
 
 # --------------------------------------------------------------------------- cases
@@ -337,12 +335,12 @@ def evaluate(oracle: Oracle, case: Case, *, gradients: bool, reduction: str | No
                 outputs[name] = (case.from_canonical(term, "none"), ext, None)
     overrides = dict(base, **{k: full[k] for k in glob})
 
-    def chunks(with_gradients: bool = True, chain: bool = False) -> Iterator[tuple[Case, Evaluation]]:
-        """The chunks again, each evaluated with the whole batch's P and position-global values
-        (by default for the judge: G and its environments, not the chunk's gradients)."""
+    def chunks(with_gradients: bool = True) -> Iterator[tuple[Case, Evaluation]]:
+        """The chunks again, each evaluated with the whole batch's P and position-global values;
+        with gradients, G and its environments only (the sums over the chunks are made from them)."""
         for _, _, sub in _chunk_cases(case, rows, whole):
             yield sub, oracle._dense(sub, gradients=with_gradients, reduction=reduction, overrides=overrides,
-                                     chain=chain)
+                                     chain=False)
 
     grads: dict[str, np.ndarray] = {}
     unspec: dict[str, np.ndarray] = {}
@@ -354,9 +352,8 @@ def evaluate(oracle: Oracle, case: Case, *, gradients: bool, reduction: str | No
         # the chunks' G and environments; each gradient and magnitude formula evaluated into its
         # running total term by term (as LinearSection.chain would, one (C, H) array at a time)
         lin = spec.linear
-        wrts = [w for w in lin.gradients if w != "bias" or (case.linear or {}).get("bias") is not None]
         for _, ev in chunks(True):
-            for wrt in wrts:
+            for wrt in (w for w in lin.gradients if w in ev.gradient_envs):   # (no bias: no bias gradient)
                 genv = ev.gradient_envs[wrt]
                 acc.setdefault(wrt, Combiner(lin.gradients[wrt])).add_formula(genv)
                 if wrt in lin.magnitudes:

@@ -21,7 +21,7 @@ import numpy as np
 from . import chunked
 from .case import Case, as_float64, dtype_name, np_dtype
 from .oracle import Evaluation
-from .spec import UNIT_ROUNDOFF, Spec
+from .spec import Spec, roundoff_dtypes
 
 #: (mantissa bits, smallest normal exponent) per dtype, for ULP arithmetic.
 _FORMAT = {"float16": (10, -14), "bfloat16": (7, -126), "float32": (23, -126), "float64": (52, -1022)}
@@ -330,8 +330,7 @@ class Judge:
         widest of the formats whose unit roundoff is the row's ``u_acc``, and ``dtype`` itself)."""
         t = self.tol.dtypes[dtype]
         ua = float(getattr(t, "extra", {}).get("u_acc", t.u))
-        wider = [max_finite(d) for d, u in UNIT_ROUNDOFF.items() if abs(u - ua) <= 1e-6 * u]   # written to 8 digits
-        return max([max_finite(dtype)] + wider)
+        return max([max_finite(dtype)] + [max_finite(d) for d in roundoff_dtypes(ua)])
 
     def allowed(self, e: np.ndarray, bound: np.ndarray, dtype: str) -> np.ndarray:
         """Each element's admitted |error|: the derived bound, plus the final rounding to

@@ -36,15 +36,15 @@ class Evaluation:
     #: Extra outputs the case asks for (extensions: "z_loss", "lse"), float64, and their bounds
     #: in units: {"name": (value, per-position scale, per-position accumulate, formula or None)}.
     outputs: dict[str, Any] = field(repr=False, default_factory=dict)
-    #: A case evaluated in row chunks (conformance/chunked.py): ``env`` then holds the whole
-    #: batch's scalars and per-position vectors only, ``gradient_envs`` nothing, and
-    #: ``chunks(with_gradients)`` yields each chunk's (case, dense evaluation) again, with the
-    #: whole batch's position-global values, for the judge's bounds.
     #: Per gradient, the sum of |terms| of each element where the spec gives one (the linear
     #: form): past the accumulation dtype's range a non-finite answer is accepted (compare.py).
     magnitudes: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     #: The judge's bounds of a chunked evaluation, per dtype (compare.py Judge._chunk_bounds).
     bound_cache: dict[str, Any] = field(repr=False, default_factory=dict)
+    #: A case evaluated in row chunks (conformance/chunked.py): ``env`` then holds the whole
+    #: batch's scalars and per-position vectors only, ``gradient_envs`` nothing, and
+    #: ``chunks(with_gradients)`` yields each chunk's (case, dense evaluation) again, with the
+    #: whole batch's position-global values and G's environments (not the chunk's gradients).
     chunks: Callable[[bool], Iterator[tuple[Case, Evaluation]]] | None = field(repr=False, default=None)
 
 

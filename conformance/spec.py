@@ -603,6 +603,11 @@ def _near(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-6 * b
 
 
+def roundoff_dtypes(u: float) -> list[str]:
+    """The dtypes whose unit roundoff ``u`` is (as a spec writes it, to about 8 digits)."""
+    return [d for d, v in UNIT_ROUNDOFF.items() if _near(u, v)]
+
+
 def _check_tolerances(dtypes: Mapping[str, Mapping[str, Any]]) -> None:
     """Every k_* within :data:`K_BOUNDS`; every u and u_* a dtype's unit roundoff (the row's own
     for ``u``), or for ``u`` with a ``u_reason``, within :data:`U_BOUNDS`."""
@@ -627,7 +632,7 @@ def _check_tolerances(dtypes: Mapping[str, Mapping[str, Any]]) -> None:
                     raise _Fault(base + (key,), f"{value!r} is not the unit roundoff of {dtype} "
                                                 f"(2**{int(math.log2(want))} = {want!r})",
                                  f"write u: {want!r}, or add u_reason: explaining why this row differs")
-            elif key.startswith("u_") and not any(_near(value, v) for v in UNIT_ROUNDOFF.values()):
+            elif key.startswith("u_") and not roundoff_dtypes(value):
                 raise _Fault(base + (key,), f"{value!r} is not a unit roundoff",
                              f"write the unit roundoff of the dtype it stands for: {roundoffs}")
 
